@@ -1,0 +1,112 @@
+//! The typed client: call an endpoint by its type with a typed request, get the typed response
+//! or a typed error carrying the service's code and message.
+
+use std::time::Duration;
+
+use async_nats::client::{Request, RequestErrorKind};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::endpoint::Endpoint;
+use crate::envelope::{self, RemoteError};
+
+/// Default time to wait for a reply.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Calls endpoints over a NATS connection.
+#[derive(Debug, Clone)]
+pub struct Client {
+    nats: async_nats::Client,
+    timeout: Duration,
+}
+
+/// Why a call did not produce a response.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum CallError {
+    /// The service answered with an error envelope.
+    Remote(RemoteError),
+    /// Nobody serves the subject.
+    NoResponders,
+    /// No reply within the timeout.
+    TimedOut,
+    /// The request could not be sent.
+    Transport(async_nats::RequestError),
+    /// The request did not serialize.
+    Encode(serde_json::Error),
+    /// The reply was not a valid envelope of the expected response type.
+    Decode(serde_json::Error),
+}
+
+impl CallError {
+    /// The service's error code, for [`CallError::Remote`].
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            CallError::Remote(err) => Some(&err.code),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Remote(err) => write!(f, "service replied {err}"),
+            CallError::NoResponders => f.write_str("no service is listening on the subject"),
+            CallError::TimedOut => f.write_str("no reply before the timeout"),
+            CallError::Transport(err) => write!(f, "request failed: {err}"),
+            CallError::Encode(err) => write!(f, "request does not serialize: {err}"),
+            CallError::Decode(err) => write!(f, "reply is not a valid envelope: {err}"),
+        }
+    }
+}
+
+impl std::error::Error for CallError {}
+
+impl Client {
+    /// Wraps a connection; replies are awaited for [`DEFAULT_TIMEOUT`].
+    pub fn new(nats: async_nats::Client) -> Self {
+        Client {
+            nats,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// Sets how long a call waits for its reply.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The underlying connection.
+    pub fn nats(&self) -> &async_nats::Client {
+        &self.nats
+    }
+
+    /// Calls endpoint `E` (the type `#[nats_rpc]` generates) on its subject.
+    pub async fn call<E>(&self, request: &E::Request) -> Result<E::Response, CallError>
+    where
+        E: Endpoint,
+        E::Request: Serialize,
+        E::Response: DeserializeOwned,
+    {
+        let payload = serde_json::to_vec(request).map_err(CallError::Encode)?;
+        let reply = self
+            .nats
+            .send_request(
+                E::SUBJECT,
+                Request::new()
+                    .payload(payload.into())
+                    .timeout(Some(self.timeout)),
+            )
+            .await
+            .map_err(|err| match err.kind() {
+                RequestErrorKind::NoResponders => CallError::NoResponders,
+                RequestErrorKind::TimedOut => CallError::TimedOut,
+                _ => CallError::Transport(err),
+            })?;
+        envelope::parse::<E::Response>(&reply.payload)
+            .map_err(CallError::Decode)?
+            .map_err(CallError::Remote)
+    }
+}

@@ -1,0 +1,138 @@
+//! Error codes: the framework's own, the trait a handler's error type implements to map itself
+//! onto a code and a client-safe message, and the catalogue that publishes the codes.
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// One error code an endpoint can reply with, and what it means. Catalogues of these feed the
+/// service description (`$SRV.INFO`), the error-reply schema and the docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorCode {
+    /// The `error.code` string, e.g. `VALUE_TOO_LARGE`.
+    pub code: &'static str,
+    /// When a client gets it.
+    pub description: &'static str,
+}
+
+impl ErrorCode {
+    /// Declares a code with its description.
+    pub const fn new(code: &'static str, description: &'static str) -> Self {
+        ErrorCode { code, description }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code)
+    }
+}
+
+/// The codes the framework itself replies with, before or around any handler.
+pub mod codes {
+    use super::ErrorCode;
+
+    /// The body is not UTF-8 JSON (an empty body included).
+    pub const INVALID_JSON: ErrorCode = ErrorCode::new(
+        "INVALID_JSON",
+        "the body is not UTF-8 JSON (an empty body included); the message carries the parser detail",
+    );
+    /// A required field is absent, `null` or the empty string (where the schema rejects those).
+    pub const MISSING_FIELD: ErrorCode = ErrorCode::new(
+        "MISSING_FIELD",
+        "a required field is absent, null or an empty string; the message names the field",
+    );
+    /// The body is not a JSON object, or a field breaks a rule of the request schema.
+    pub const VALIDATION_ERROR: ErrorCode = ErrorCode::new(
+        "VALIDATION_ERROR",
+        "the body is not a JSON object, or a field has the wrong type, is out of range or does \
+         not match its pattern; the message names the field and the rule",
+    );
+    /// Storage failure, handler panic, anything unexpected; details are logged, never sent.
+    pub const INTERNAL_ERROR: ErrorCode = ErrorCode::new(
+        "INTERNAL_ERROR",
+        "the service failed (storage failure, bug); the message is generic and the details \
+         are in the service log",
+    );
+    /// Too many requests in flight; nothing was done, retry later.
+    pub const OVERLOADED: ErrorCode = ErrorCode::new(
+        "OVERLOADED",
+        "the service has too many requests in flight; nothing was done, retry after a short pause",
+    );
+
+    /// Every framework code, in the order their checks run.
+    pub const ALL: &[ErrorCode] = &[
+        INVALID_JSON,
+        VALIDATION_ERROR,
+        MISSING_FIELD,
+        INTERNAL_ERROR,
+        OVERLOADED,
+    ];
+}
+
+/// The error type of a `#[nats_rpc]` handler: how a domain error reaches the client.
+///
+/// `code` and `message` go into the error envelope; `Display` is the full detail and goes only to
+/// the log (for an `INTERNAL_ERROR`, say, the message stays generic while the log shows the
+/// storage error). `CATALOGUE` lists the codes this type can produce, so clients can be told
+/// before they ever see one.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a nats-rpc error type",
+    label = "the error type of a `#[nats_rpc]` handler must implement `nats_rpc::RpcError`",
+    note = "implement `nats_rpc::RpcError` (code, message, CATALOGUE) for it, or use \
+            `nats_rpc::Error`"
+)]
+pub trait RpcError: fmt::Display + Send + 'static {
+    /// Every code [`RpcError::code`] can return, with its meaning.
+    const CATALOGUE: &'static [ErrorCode];
+
+    /// The `error.code` member, one of [`RpcError::CATALOGUE`].
+    fn code(&self) -> &str;
+
+    /// The `error.message` member: safe to show to any client.
+    fn message(&self) -> Cow<'_, str>;
+}
+
+/// A ready-made error type for handlers that need nothing more than a code and a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    code: ErrorCode,
+    message: Cow<'static, str>,
+}
+
+impl Error {
+    /// An error with one of the framework's codes (or your own) and a client-safe message.
+    pub fn new(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
+        Error {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// `INTERNAL_ERROR` with a generic message; log the details yourself before returning it.
+    pub fn internal() -> Self {
+        Error::new(codes::INTERNAL_ERROR, INTERNAL_MESSAGE)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code.code, self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl RpcError for Error {
+    const CATALOGUE: &'static [ErrorCode] = &[];
+
+    fn code(&self) -> &str {
+        self.code.code
+    }
+
+    fn message(&self) -> Cow<'_, str> {
+        Cow::Borrowed(&self.message)
+    }
+}
+
+/// The only text a client ever sees for an unexpected failure.
+pub const INTERNAL_MESSAGE: &str = "Internal error";

@@ -1,0 +1,191 @@
+//! The NATS micro protocol (ADR-32): every instance answers `$SRV.PING|INFO|STATS`, also
+//! addressed by service name and by name + id, with its name, version, endpoints and counters.
+//! Written here rather than on async-nats's `service` module because that one neither counts
+//! error envelopes (errors that carry a body) nor lets requests run concurrently.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+
+use crate::error::ErrorCode;
+use crate::stats::EndpointStats;
+
+/// Header carrying an error reply's message (ADR-32).
+pub const ERROR_HEADER: &str = "Nats-Service-Error";
+/// Header carrying an error reply's code (ADR-32); here the envelope's code string.
+pub const ERROR_CODE_HEADER: &str = "Nats-Service-Error-Code";
+
+const VERBS: [&str; 3] = ["PING", "INFO", "STATS"];
+
+/// What `$SRV.INFO` tells about a service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceInfo {
+    pub name: String,
+    pub id: String,
+    pub version: String,
+    pub description: String,
+    pub metadata: BTreeMap<String, String>,
+    pub endpoints: Vec<EndpointInfo>,
+    /// RFC 3339 UTC start time.
+    pub started: String,
+}
+
+/// What `$SRV.INFO` tells about one endpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointInfo {
+    pub name: String,
+    pub subject: String,
+    pub queue_group: String,
+    /// The error codes the endpoint can reply with; published as endpoint metadata.
+    pub errors: Vec<ErrorCode>,
+}
+
+#[derive(Serialize)]
+struct EndpointJson<'a> {
+    name: &'a str,
+    subject: &'a str,
+    queue_group: &'a str,
+    metadata: BTreeMap<&'static str, String>,
+}
+
+impl ServiceInfo {
+    fn ping(&self) -> Value {
+        json!({
+            "type": "io.nats.micro.v1.ping_response",
+            "name": self.name,
+            "id": self.id,
+            "version": self.version,
+            "metadata": self.metadata,
+        })
+    }
+
+    fn info(&self) -> Value {
+        let endpoints: Vec<EndpointJson<'_>> = self
+            .endpoints
+            .iter()
+            .map(|endpoint| EndpointJson {
+                name: &endpoint.name,
+                subject: &endpoint.subject,
+                queue_group: &endpoint.queue_group,
+                metadata: BTreeMap::from([(
+                    "errors",
+                    endpoint
+                        .errors
+                        .iter()
+                        .map(|code| code.code)
+                        .collect::<Vec<_>>()
+                        .join(","),
+                )]),
+            })
+            .collect();
+        json!({
+            "type": "io.nats.micro.v1.info_response",
+            "name": self.name,
+            "id": self.id,
+            "version": self.version,
+            "description": self.description,
+            "metadata": self.metadata,
+            "endpoints": endpoints,
+        })
+    }
+
+    fn stats(&self, stats: &[Arc<EndpointStats>]) -> Value {
+        let endpoints: Vec<Value> = self
+            .endpoints
+            .iter()
+            .zip(stats)
+            .map(|(endpoint, stats)| {
+                let snapshot = stats.snapshot();
+                json!({
+                    "name": endpoint.name,
+                    "subject": endpoint.subject,
+                    "queue_group": endpoint.queue_group,
+                    "num_requests": snapshot.num_requests,
+                    "num_errors": snapshot.num_errors,
+                    "last_error": snapshot.last_error,
+                    "processing_time": u64::try_from(snapshot.processing_time.as_nanos()).unwrap_or(u64::MAX),
+                    "average_processing_time": u64::try_from(snapshot.average_processing_time.as_nanos()).unwrap_or(u64::MAX),
+                })
+            })
+            .collect();
+        json!({
+            "type": "io.nats.micro.v1.stats_response",
+            "name": self.name,
+            "id": self.id,
+            "version": self.version,
+            "metadata": self.metadata,
+            "started": self.started,
+            "endpoints": endpoints,
+        })
+    }
+}
+
+/// Subscribes the nine discovery subjects and answers them until aborted.
+pub(crate) async fn spawn(
+    client: async_nats::Client,
+    info: Arc<ServiceInfo>,
+    stats: Vec<Arc<EndpointStats>>,
+) -> Result<JoinHandle<()>, async_nats::SubscribeError> {
+    let mut subscribers = Vec::with_capacity(9);
+    for verb in VERBS {
+        for subject in [
+            format!("$SRV.{verb}"),
+            format!("$SRV.{verb}.{}", info.name),
+            format!("$SRV.{verb}.{}.{}", info.name, info.id),
+        ] {
+            let subscriber = client.subscribe(subject).await?;
+            subscribers.push(subscriber.map(move |message| (verb, message)));
+        }
+    }
+    let mut requests = futures_util::stream::select_all(subscribers);
+    Ok(tokio::spawn(async move {
+        while let Some((verb, message)) = requests.next().await {
+            let Some(reply) = message.reply else { continue };
+            let body = match verb {
+                "PING" => info.ping(),
+                "INFO" => info.info(),
+                _ => info.stats(&stats),
+            };
+            let payload = serde_json::to_vec(&body).expect("a JSON value serializes");
+            if let Err(err) = client.publish(reply, payload.into()).await {
+                tracing::warn!(%err, verb, "cannot answer discovery request");
+            }
+        }
+    }))
+}
+
+/// A fresh, unique service id.
+pub(crate) fn new_id() -> String {
+    nuid::next().to_string()
+}
+
+/// Now, as RFC 3339 UTC (what `started` holds).
+pub(crate) fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// `[A-Za-z0-9_-]+`, the micro naming rule.
+pub(crate) fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// `MAJOR.MINOR.PATCH` with optional `-pre` / `+build`, as micro requires.
+pub(crate) fn is_semver(version: &str) -> bool {
+    let core = version.split(['-', '+']).next().unwrap_or_default();
+    let parts: Vec<&str> = core.split('.').collect();
+    parts.len() == 3
+        && parts.iter().all(|part| {
+            !part.is_empty()
+                && part.chars().all(|c| c.is_ascii_digit())
+                && (part.len() == 1 || !part.starts_with('0'))
+        })
+}

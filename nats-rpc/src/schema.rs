@@ -1,0 +1,398 @@
+//! Request validation and schema export. Each endpoint's request schema is derived once from
+//! the request type (schemars), compiled once at registration (jsonschema, no resolvers: every
+//! `$ref` is local), and the very same schema is what [`EndpointSchemas`] publishes.
+
+use std::borrow::Cow;
+
+use schemars::generate::SchemaSettings;
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value, json};
+
+use crate::endpoint::Endpoint;
+use crate::error::{ErrorCode, RpcError, codes};
+
+/// The JSON Schema dialect every published schema declares.
+pub const DIALECT: &str = "https://json-schema.org/draft/2020-12/schema";
+
+/// Longest client message derived from input, so an error reply never echoes a large payload.
+const MAX_DETAIL: usize = 200;
+
+/// The schema of `T`, rendered the same way for validation and for publishing.
+pub fn schema_of<T: JsonSchema>() -> Value {
+    SchemaSettings::draft2020_12()
+        .into_generator()
+        .into_root_schema_for::<T>()
+        .to_value()
+}
+
+/// Why a request was turned away before reaching the handler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Rejection {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Rejection {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// A required top-level field and which "empty" values count as missing for it: `null` and `""`
+/// are missing exactly when the field's own schema rejects them (a `value` of any JSON type
+/// accepts `null`, so a `null` value is a value).
+#[derive(Debug)]
+struct Required {
+    name: String,
+    null_is_missing: bool,
+    empty_is_missing: bool,
+}
+
+/// A request schema compiled for validation, plus what the MISSING_FIELD rule needs.
+#[derive(Debug)]
+pub struct RequestValidator {
+    validator: jsonschema::Validator,
+    required: Vec<Required>,
+}
+
+/// The request schema could not be compiled (a bug in a `JsonSchema` impl, not bad input).
+#[derive(Debug)]
+pub struct SchemaError(String);
+
+impl std::fmt::Display for SchemaError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid request schema: {}", self.0)
+    }
+}
+
+impl std::error::Error for SchemaError {}
+
+impl RequestValidator {
+    /// Compiles the schema of `T`.
+    pub fn new<T: JsonSchema>() -> Result<Self, SchemaError> {
+        Self::from_schema(&schema_of::<T>())
+    }
+
+    /// Compiles a request schema given as JSON.
+    pub fn from_schema(schema: &Value) -> Result<Self, SchemaError> {
+        let validator = compile(schema)?;
+        let properties = schema.get("properties").and_then(Value::as_object);
+        let required_names: Vec<&str> = schema
+            .get("required")
+            .and_then(Value::as_array)
+            .map(|names| names.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        // Report in declaration order (the order of `properties`), which is the order a reader of
+        // the type expects and the order the contract gives precedence in.
+        let mut ordered: Vec<&str> = properties
+            .map(|props| {
+                props
+                    .keys()
+                    .map(String::as_str)
+                    .filter(|name| required_names.contains(name))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for name in &required_names {
+            if !ordered.contains(name) {
+                ordered.push(name);
+            }
+        }
+        let required = ordered
+            .into_iter()
+            .map(|name| {
+                let field = properties
+                    .and_then(|props| props.get(name))
+                    .map(|field| compile(&with_defs(field, schema)))
+                    .transpose()?;
+                let rejects = |probe: Value| field.as_ref().is_some_and(|v| !v.is_valid(&probe));
+                Ok(Required {
+                    name: name.to_owned(),
+                    null_is_missing: rejects(Value::Null),
+                    empty_is_missing: rejects(Value::String(String::new())),
+                })
+            })
+            .collect::<Result<_, SchemaError>>()?;
+        Ok(RequestValidator {
+            validator,
+            required,
+        })
+    }
+
+    /// Runs the whole pipeline up to the handler: UTF-8 and JSON → INVALID_JSON; not an object
+    /// → VALIDATION_ERROR; required field absent, null or empty → MISSING_FIELD; any schema rule
+    /// → VALIDATION_ERROR; then deserializes `T`.
+    pub fn decode<T: DeserializeOwned>(&self, payload: &[u8]) -> Result<T, Rejection> {
+        let text = std::str::from_utf8(payload).map_err(|err| {
+            Rejection::new(
+                codes::INVALID_JSON,
+                format!(
+                    "Invalid JSON: body is not valid UTF-8 (invalid byte at offset {})",
+                    err.valid_up_to()
+                ),
+            )
+        })?;
+        let value: Value = serde_json::from_str(text)
+            .map_err(|err| Rejection::new(codes::INVALID_JSON, format!("Invalid JSON: {err}")))?;
+        self.check(&value)?;
+        serde_json::from_str(text).map_err(|err| {
+            Rejection::new(
+                codes::VALIDATION_ERROR,
+                truncate(format!("Invalid request: {err}")),
+            )
+        })
+    }
+
+    /// Validates a parsed body, reporting the first failure in contract order.
+    pub fn check(&self, value: &Value) -> Result<(), Rejection> {
+        let Value::Object(object) = value else {
+            return Err(Rejection::new(
+                codes::VALIDATION_ERROR,
+                format!(
+                    "Request body must be a JSON object, got {}",
+                    type_name(value)
+                ),
+            ));
+        };
+        for field in &self.required {
+            let missing = match object.get(&field.name) {
+                None => true,
+                Some(Value::Null) => field.null_is_missing,
+                Some(Value::String(s)) if s.is_empty() => field.empty_is_missing,
+                Some(_) => false,
+            };
+            if missing {
+                return Err(missing_field(&field.name));
+            }
+        }
+        if self.validator.is_valid(value) {
+            return Ok(());
+        }
+        let error = self
+            .validator
+            .iter_errors(value)
+            .next()
+            .expect("an invalid instance has at least one error");
+        Err(describe(&error))
+    }
+}
+
+fn compile(schema: &Value) -> Result<jsonschema::Validator, SchemaError> {
+    jsonschema::options()
+        .with_draft(jsonschema::Draft::Draft202012)
+        .build(schema)
+        .map_err(|err| SchemaError(err.to_string()))
+}
+
+/// A property's schema made standalone: the root's `$defs` copied in so local `$ref`s resolve.
+fn with_defs(field: &Value, root: &Value) -> Value {
+    match (field, root.get("$defs")) {
+        (Value::Object(field), Some(defs)) => {
+            let mut field = field.clone();
+            field.insert("$defs".into(), defs.clone());
+            Value::Object(field)
+        }
+        (field, _) => field.clone(),
+    }
+}
+
+fn missing_field(name: &str) -> Rejection {
+    Rejection::new(
+        codes::MISSING_FIELD,
+        format!("Required field '{name}' is missing"),
+    )
+}
+
+/// Turns a schema violation into a message naming the field and the rule, never the value.
+fn describe(error: &jsonschema::ValidationError<'_>) -> Rejection {
+    use jsonschema::error::{TypeKind, ValidationErrorKind as Kind};
+
+    let field = field_name(&error.instance_path().to_string());
+    let rule: Cow<'_, str> = match error.kind() {
+        Kind::Type { kind } => {
+            let names: Vec<&str> = match kind {
+                TypeKind::Single(single) => vec![single.as_str()],
+                TypeKind::Multiple(set) => set.iter().map(|t| t.as_str()).collect(),
+            };
+            format!("must be of type {}", names.join(" or ")).into()
+        }
+        Kind::Minimum { limit } => format!("must be >= {limit}").into(),
+        Kind::Maximum { limit } => format!("must be <= {limit}").into(),
+        Kind::ExclusiveMinimum { limit } => format!("must be > {limit}").into(),
+        Kind::ExclusiveMaximum { limit } => format!("must be < {limit}").into(),
+        Kind::MinLength { limit } => format!("must be at least {limit} characters long").into(),
+        Kind::MaxLength { limit } => format!("must be at most {limit} characters long").into(),
+        Kind::MinItems { limit } => format!("must have at least {limit} items").into(),
+        Kind::MaxItems { limit } => format!("must have at most {limit} items").into(),
+        Kind::Pattern { pattern } => format!("must match the pattern {pattern}").into(),
+        Kind::Enum { options } => format!("must be one of {options}").into(),
+        Kind::Constant { expected_value } => format!("must equal {expected_value}").into(),
+        Kind::MultipleOf { .. } => "must be a multiple of the schema's `multipleOf`".into(),
+        Kind::Required { property } => {
+            let name = property.as_str().unwrap_or_default();
+            let path = if field.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{field}.{name}")
+            };
+            return missing_field(&path);
+        }
+        Kind::AdditionalProperties { unexpected } => {
+            format!("must not have the member(s) {}", unexpected.join(", ")).into()
+        }
+        Kind::FalseSchema => "is not allowed".into(),
+        other => truncate(format!("is invalid: {other:?}")).into(),
+    };
+    let subject = if field.is_empty() {
+        "Request".to_owned()
+    } else {
+        format!("Field '{field}'")
+    };
+    Rejection::new(codes::VALIDATION_ERROR, format!("{subject} {rule}"))
+}
+
+/// `/a/b~1c` (a JSON pointer) → `a.b/c`.
+fn field_name(pointer: &str) -> String {
+    pointer
+        .split('/')
+        .skip(1)
+        .map(|segment| segment.replace("~1", "/").replace("~0", "~"))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+fn truncate(mut message: String) -> String {
+    if message.len() > MAX_DETAIL {
+        let mut end = MAX_DETAIL;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('…');
+    }
+    message
+}
+
+/// The three schemas a client of one endpoint needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointSchemas {
+    pub subject: &'static str,
+    pub name: &'static str,
+    /// What a request must look like; the service validates against exactly this.
+    pub request: Value,
+    /// `{"success": true, "data": <response>}`.
+    pub response: Value,
+    /// `{"success": false, "error": {"code": <one of the catalogue>, "message": string}}`.
+    pub error: Value,
+}
+
+impl EndpointSchemas {
+    /// The schemas of endpoint `E`.
+    pub fn of<E: Endpoint>() -> Self {
+        EndpointSchemas {
+            subject: E::SUBJECT,
+            name: E::NAME,
+            request: titled(schema_of::<E::Request>(), E::SUBJECT, "request"),
+            response: titled(success_schema::<E::Response>(), E::SUBJECT, "success reply"),
+            error: titled(
+                error_schema(&catalogue::<E::Error>()),
+                E::SUBJECT,
+                "error reply",
+            ),
+        }
+    }
+}
+
+/// Every code endpoints with error type `E` can reply with: the framework's, then the domain's.
+pub fn catalogue<E: RpcError>() -> Vec<ErrorCode> {
+    let mut all = codes::ALL.to_vec();
+    for code in E::CATALOGUE {
+        if !all.iter().any(|known| known.code == code.code) {
+            all.push(*code);
+        }
+    }
+    all
+}
+
+fn titled(mut schema: Value, subject: &str, what: &str) -> Value {
+    if let Value::Object(object) = &mut schema {
+        let mut ordered = Map::new();
+        ordered.insert("$schema".into(), DIALECT.into());
+        ordered.insert("$id".into(), format!("{subject}.{}", what.replace(' ', "-")).into());
+        ordered.insert("title".into(), format!("{subject} {what}").into());
+        for (key, value) in std::mem::take(object) {
+            if key != "$schema" && key != "title" {
+                ordered.insert(key, value);
+            }
+        }
+        *object = ordered;
+    }
+    schema
+}
+
+fn success_schema<T: JsonSchema>() -> Value {
+    let mut data = schema_of::<T>();
+    let defs = match &mut data {
+        Value::Object(object) => {
+            object.remove("$schema");
+            object.remove("$defs")
+        }
+        _ => None,
+    };
+    let mut schema = json!({
+        "type": "object",
+        "properties": {
+            "success": { "const": true },
+            "data": data,
+        },
+        "required": ["success", "data"],
+        "additionalProperties": false,
+    });
+    if let Some(defs) = defs {
+        schema["$defs"] = defs;
+    }
+    schema
+}
+
+fn error_schema(catalogue: &[ErrorCode]) -> Value {
+    let codes: Vec<&str> = catalogue.iter().map(|code| code.code).collect();
+    let descriptions: Vec<String> = catalogue
+        .iter()
+        .map(|code| format!("{}: {}", code.code, code.description))
+        .collect();
+    json!({
+        "type": "object",
+        "properties": {
+            "success": { "const": false },
+            "error": {
+                "type": "object",
+                "properties": {
+                    "code": {
+                        "enum": codes,
+                        "description": descriptions.join("\n"),
+                    },
+                    "message": { "type": "string" },
+                },
+                "required": ["code", "message"],
+                "additionalProperties": false,
+            },
+        },
+        "required": ["success", "error"],
+        "additionalProperties": false,
+    })
+}

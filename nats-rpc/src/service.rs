@@ -1,0 +1,535 @@
+//! Serving endpoints: one queue subscription per endpoint, requests handled concurrently up to a
+//! bound, the NATS micro protocol (`$SRV.PING|INFO|STATS`) answered, and a graceful drain.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::{HeaderMap, Message, Subject, Subscriber};
+use bytes::Bytes;
+use futures_util::{FutureExt, StreamExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::JoinHandle;
+
+use crate::endpoint::Endpoint;
+use crate::envelope;
+use crate::error::{INTERNAL_MESSAGE, RpcError, codes};
+use crate::micro::{self, EndpointInfo, ServiceInfo};
+use crate::schema::{RequestValidator, SchemaError, catalogue};
+use crate::stats::{EndpointStats, StatsSnapshot};
+
+/// Default queue group: every instance of a service joins it, so NATS spreads requests.
+pub const DEFAULT_QUEUE_GROUP: &str = "q";
+/// Default bound on requests being handled at once, across all endpoints of a service.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 512;
+/// Default time [`Service::shutdown`] waits for in-flight requests.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Subscription buffer (messages) that [`connect_options`] sets: async-nats's default of 65,536
+/// messages could hold 4 GiB of 64 KB requests. Requests past the in-flight bound are answered
+/// `OVERLOADED` straight from the buffer, so it drains fast and this rarely fills.
+pub const SUBSCRIPTION_CAPACITY: usize = 4096;
+
+/// Connect options suited to a service: a bounded subscription buffer and a name. Start from
+/// these and add credentials, then `connect(url)`.
+pub fn connect_options() -> async_nats::ConnectOptions {
+    async_nats::ConnectOptions::new().subscription_capacity(SUBSCRIPTION_CAPACITY)
+}
+
+/// A running service: serving until [`Service::shutdown`].
+#[must_use = "a service stops serving only through `shutdown`; dropping the handle keeps it running"]
+#[derive(Debug)]
+pub struct Service {
+    info: Arc<ServiceInfo>,
+    stats: Vec<Arc<EndpointStats>>,
+    shutdown: watch::Sender<bool>,
+    readers: Vec<JoinHandle<()>>,
+    micro: JoinHandle<()>,
+    permits: Arc<Semaphore>,
+    max_in_flight: usize,
+    drain_timeout: Duration,
+    client: async_nats::Client,
+}
+
+type Starter<S> = Box<
+    dyn FnOnce(
+            Context<S>,
+        ) -> Pin<Box<dyn Future<Output = Result<JoinHandle<()>, ServeError>> + Send>>
+        + Send,
+>;
+
+struct Registration<S> {
+    info: EndpointInfo,
+    stats: Arc<EndpointStats>,
+    start: Starter<S>,
+}
+
+/// What every endpoint of one service shares.
+struct Context<S> {
+    client: async_nats::Client,
+    state: Arc<S>,
+    permits: Arc<Semaphore>,
+    max_in_flight: usize,
+    queue_group: String,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Configures a service; see [`Service::builder`].
+#[must_use = "a builder does nothing until `serve`"]
+pub struct ServiceBuilder<S> {
+    name: String,
+    version: String,
+    description: String,
+    queue_group: String,
+    max_in_flight: usize,
+    drain_timeout: Duration,
+    metadata: BTreeMap<String, String>,
+    endpoints: Vec<Registration<S>>,
+    errors: Vec<String>,
+}
+
+/// Why [`ServiceBuilder::serve`] failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The name, version, queue group or endpoint list is not acceptable.
+    Config(String),
+    /// An endpoint's request schema did not compile.
+    Schema(SchemaError),
+    /// Subscribing failed (connection closed, bad subject).
+    Subscribe(async_nats::SubscribeError),
+    /// The subscriptions could not be confirmed with the server.
+    Flush(async_nats::client::FlushError),
+}
+
+impl std::fmt::Display for ServeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServeError::Config(reason) => write!(f, "invalid service configuration: {reason}"),
+            ServeError::Schema(err) => err.fmt(f),
+            ServeError::Subscribe(err) => write!(f, "cannot subscribe: {err}"),
+            ServeError::Flush(err) => write!(f, "cannot confirm subscriptions: {err}"),
+        }
+    }
+}
+
+impl std::error::Error for ServeError {}
+
+impl Service {
+    /// Starts configuring a service called `name` (`[A-Za-z0-9_-]+`) at `version` (semver).
+    pub fn builder<S: Send + Sync + 'static>(
+        name: impl Into<String>,
+        version: impl Into<String>,
+    ) -> ServiceBuilder<S> {
+        ServiceBuilder {
+            name: name.into(),
+            version: version.into(),
+            description: String::new(),
+            queue_group: DEFAULT_QUEUE_GROUP.to_owned(),
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            metadata: BTreeMap::new(),
+            endpoints: Vec::new(),
+            errors: Vec::new(),
+        }
+    }
+
+    /// The service's name, version, id and endpoints, as `$SRV.INFO` reports them.
+    pub fn info(&self) -> &ServiceInfo {
+        &self.info
+    }
+
+    /// The micro service id (unique per running instance).
+    pub fn id(&self) -> &str {
+        &self.info.id
+    }
+
+    /// Each endpoint's counters, in registration order, as `$SRV.STATS` reports them.
+    pub fn stats(&self) -> Vec<(&EndpointInfo, StatsSnapshot)> {
+        self.info
+            .endpoints
+            .iter()
+            .zip(&self.stats)
+            .map(|(info, stats)| (info, stats.snapshot()))
+            .collect()
+    }
+
+    /// Serves until `signal` completes, then drains (see [`Service::shutdown`]).
+    pub async fn run_until(self, signal: impl Future<Output = ()>) -> Result<(), DrainTimeout> {
+        signal.await;
+        self.shutdown().await
+    }
+
+    /// Graceful drain: stop taking new requests (unsubscribe), answer the ones already received
+    /// (buffered or in flight), then stop. Returns `Err` if in-flight requests were still running
+    /// after the drain timeout.
+    pub async fn shutdown(self) -> Result<(), DrainTimeout> {
+        let _ = self.shutdown.send(true);
+        let permits = u32::try_from(self.max_in_flight).unwrap_or(u32::MAX);
+        let drained = async {
+            for reader in self.readers {
+                let _ = reader.await;
+            }
+            // Every permit back means every spawned request has replied.
+            let _ = self.permits.acquire_many(permits).await;
+        };
+        let outcome = tokio::time::timeout(self.drain_timeout, drained).await;
+        self.micro.abort();
+        let _ = self.client.flush().await;
+        outcome.map_err(|_| DrainTimeout(self.drain_timeout))
+    }
+}
+
+/// Requests were still in flight when the drain timeout ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainTimeout(pub Duration);
+
+impl std::fmt::Display for DrainTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "requests were still in flight after {:?}", self.0)
+    }
+}
+
+impl std::error::Error for DrainTimeout {}
+
+impl<S: Send + Sync + 'static> ServiceBuilder<S> {
+    /// Adds endpoint `E` (the type `#[nats_rpc]` generates, named like the handler fn). Its
+    /// request schema is compiled here, once.
+    pub fn endpoint<E: Endpoint<State = S>>(mut self) -> Self {
+        let validator = match RequestValidator::new::<E::Request>() {
+            Ok(validator) => validator,
+            Err(err) => {
+                self.errors.push(format!("endpoint `{}`: {err}", E::NAME));
+                return self;
+            }
+        };
+        let stats = Arc::new(EndpointStats::default());
+        let info = EndpointInfo {
+            name: E::NAME.to_owned(),
+            subject: E::SUBJECT.to_owned(),
+            queue_group: String::new(), // set in `serve`, once the group is final
+            errors: catalogue::<E::Error>(),
+        };
+        let endpoint_stats = stats.clone();
+        let start: Starter<S> = Box::new(move |context: Context<S>| {
+            Box::pin(async move {
+                let subscriber = context
+                    .client
+                    .queue_subscribe(E::SUBJECT, context.queue_group.clone())
+                    .await
+                    .map_err(ServeError::Subscribe)?;
+                let endpoint = Arc::new(Running::<E> {
+                    client: context.client,
+                    state: context.state,
+                    validator,
+                    stats: endpoint_stats,
+                    permits: context.permits,
+                    max_in_flight: context.max_in_flight,
+                });
+                Ok(tokio::spawn(endpoint.read(subscriber, context.shutdown)))
+            })
+        });
+        self.endpoints.push(Registration { info, stats, start });
+        self
+    }
+
+    /// A one-line description for `$SRV.INFO`.
+    pub fn description(mut self, description: impl Into<String>) -> Self {
+        self.description = description.into();
+        self
+    }
+
+    /// The queue group every endpoint joins (default `q`), so instances share the load.
+    pub fn queue_group(mut self, group: impl Into<String>) -> Self {
+        self.queue_group = group.into();
+        self
+    }
+
+    /// The bound on requests handled at once (default 512). Past it, requests are answered
+    /// `OVERLOADED` at once instead of queueing toward a timeout.
+    pub fn max_in_flight(mut self, limit: usize) -> Self {
+        self.max_in_flight = limit;
+        self
+    }
+
+    /// How long [`Service::shutdown`] waits for in-flight requests (default 30 s).
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// A metadata entry for `$SRV.INFO` / `PING` / `STATS`.
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    /// Subscribes every endpoint and the micro discovery subjects, confirms the subscriptions
+    /// with the server, and returns the running service.
+    pub async fn serve(
+        self,
+        client: async_nats::Client,
+        state: impl Into<Arc<S>>,
+    ) -> Result<Service, ServeError> {
+        self.check()?;
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let permits = Arc::new(Semaphore::new(self.max_in_flight));
+        let state = state.into();
+        let mut infos = Vec::with_capacity(self.endpoints.len());
+        let mut all_stats = Vec::with_capacity(self.endpoints.len());
+        let mut readers = Vec::with_capacity(self.endpoints.len());
+        for registration in self.endpoints {
+            let context = Context {
+                client: client.clone(),
+                state: state.clone(),
+                permits: permits.clone(),
+                max_in_flight: self.max_in_flight,
+                queue_group: self.queue_group.clone(),
+                shutdown: shutdown_rx.clone(),
+            };
+            match (registration.start)(context).await {
+                Ok(reader) => readers.push(reader),
+                Err(err) => {
+                    let _ = shutdown_tx.send(true);
+                    return Err(err);
+                }
+            }
+            let mut info = registration.info;
+            info.queue_group = self.queue_group.clone();
+            infos.push(info);
+            all_stats.push(registration.stats);
+        }
+        let info = Arc::new(ServiceInfo {
+            name: self.name,
+            id: micro::new_id(),
+            version: self.version,
+            description: self.description,
+            metadata: self.metadata,
+            endpoints: infos,
+            started: micro::now_rfc3339(),
+        });
+        let micro = micro::spawn(client.clone(), info.clone(), all_stats.clone()).await;
+        let micro = match micro {
+            Ok(micro) => micro,
+            Err(err) => {
+                let _ = shutdown_tx.send(true);
+                return Err(ServeError::Subscribe(err));
+            }
+        };
+        client.flush().await.map_err(ServeError::Flush)?;
+        Ok(Service {
+            info,
+            stats: all_stats,
+            shutdown: shutdown_tx,
+            readers,
+            micro,
+            permits,
+            max_in_flight: self.max_in_flight,
+            drain_timeout: self.drain_timeout,
+            client,
+        })
+    }
+
+    fn check(&self) -> Result<(), ServeError> {
+        if let Some(err) = self.errors.first() {
+            return Err(ServeError::Config(err.clone()));
+        }
+        if !micro::is_valid_name(&self.name) {
+            return Err(ServeError::Config(format!(
+                "service name `{}` must be non-empty and use only `A-Z a-z 0-9 _ -`",
+                self.name
+            )));
+        }
+        if !micro::is_semver(&self.version) {
+            return Err(ServeError::Config(format!(
+                "service version `{}` must be semver, e.g. `1.2.3`",
+                self.version
+            )));
+        }
+        if self.queue_group.is_empty() || self.queue_group.contains(char::is_whitespace) {
+            return Err(ServeError::Config(format!(
+                "queue group `{}` must be non-empty without whitespace",
+                self.queue_group
+            )));
+        }
+        if self.max_in_flight == 0 || self.max_in_flight > Semaphore::MAX_PERMITS {
+            return Err(ServeError::Config(
+                "max_in_flight must be at least 1".into(),
+            ));
+        }
+        if self.endpoints.is_empty() {
+            return Err(ServeError::Config("a service needs at least one endpoint".into()));
+        }
+        for (index, endpoint) in self.endpoints.iter().enumerate() {
+            let clash = self.endpoints[..index]
+                .iter()
+                .find(|other| other.info.subject == endpoint.info.subject);
+            if let Some(other) = clash {
+                return Err(ServeError::Config(format!(
+                    "endpoints `{}` and `{}` both serve `{}`",
+                    other.info.name, endpoint.info.name, endpoint.info.subject
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One endpoint being served.
+struct Running<E: Endpoint> {
+    client: async_nats::Client,
+    state: Arc<E::State>,
+    validator: RequestValidator,
+    stats: Arc<EndpointStats>,
+    permits: Arc<Semaphore>,
+    max_in_flight: usize,
+}
+
+/// A reply about to be sent.
+enum Outcome {
+    Success(Bytes),
+    Failure { code: String, message: String },
+}
+
+impl Outcome {
+    fn failure(code: &str, message: impl Into<String>) -> Self {
+        Outcome::Failure {
+            code: code.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    fn internal() -> Self {
+        Outcome::failure(codes::INTERNAL_ERROR.code, INTERNAL_MESSAGE)
+    }
+}
+
+impl<E: Endpoint> Running<E> {
+    /// Takes messages off the subscription: each gets a permit and its own task, or an
+    /// immediate `OVERLOADED` reply. On shutdown, unsubscribes and keeps reading until the
+    /// buffered messages are gone.
+    async fn read(self: Arc<Self>, mut subscriber: Subscriber, mut shutdown: watch::Receiver<bool>) {
+        let mut draining = false;
+        loop {
+            let message = if draining {
+                subscriber.next().await
+            } else {
+                tokio::select! {
+                    biased;
+                    () = async { let _ = shutdown.wait_for(|stop| *stop).await; } => {
+                        draining = true;
+                        if let Err(err) = subscriber.drain().await {
+                            tracing::warn!(endpoint = E::NAME, %err, "cannot drain subscription");
+                            break;
+                        }
+                        continue;
+                    }
+                    message = subscriber.next() => message,
+                }
+            };
+            let Some(message) = message else { break };
+            match self.permits.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    tokio::spawn(self.clone().handle(message, permit));
+                }
+                Err(_) => self.overloaded(message).await,
+            }
+        }
+    }
+
+    async fn handle(self: Arc<Self>, message: Message, permit: OwnedSemaphorePermit) {
+        let started = Instant::now();
+        let outcome = AssertUnwindSafe(self.process(&message.payload))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                let text = panic
+                    .downcast_ref::<&str>()
+                    .copied()
+                    .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                    .unwrap_or("(non-string panic payload)");
+                tracing::error!(endpoint = E::NAME, panic = text, "handler panicked");
+                Outcome::internal()
+            });
+        self.finish(started, message.reply, outcome).await;
+        drop(permit);
+    }
+
+    async fn process(&self, payload: &[u8]) -> Outcome {
+        let request = match self.validator.decode::<E::Request>(payload) {
+            Ok(request) => request,
+            Err(rejection) => return Outcome::failure(rejection.code.code, rejection.message),
+        };
+        match E::call(&self.state, request).await {
+            Ok(response) => match envelope::success(&response) {
+                Ok(bytes) => Outcome::Success(bytes),
+                Err(err) => {
+                    tracing::error!(endpoint = E::NAME, %err, "response does not serialize");
+                    Outcome::internal()
+                }
+            },
+            Err(err) => {
+                let code = err.code();
+                if code == codes::INTERNAL_ERROR.code {
+                    tracing::error!(endpoint = E::NAME, error = %err, "handler failed");
+                } else {
+                    tracing::debug!(endpoint = E::NAME, error = %err, "handler refused");
+                }
+                Outcome::failure(code, err.message())
+            }
+        }
+    }
+
+    async fn overloaded(&self, message: Message) {
+        let outcome = Outcome::failure(
+            codes::OVERLOADED.code,
+            format!(
+                "Service overloaded: {} requests already in flight, retry later",
+                self.max_in_flight
+            ),
+        );
+        self.finish(Instant::now(), message.reply, outcome).await;
+    }
+
+    async fn finish(&self, started: Instant, reply: Option<Subject>, outcome: Outcome) {
+        let error = match &outcome {
+            Outcome::Success(_) => None,
+            Outcome::Failure { code, message } => Some((code.as_str(), message.as_str())),
+        };
+        self.stats.record(started.elapsed(), error);
+        let Some(reply) = reply else {
+            tracing::debug!(endpoint = E::NAME, "request without a reply subject");
+            return;
+        };
+        let sent = match outcome {
+            Outcome::Success(bytes) => self.client.publish(reply, bytes).await,
+            Outcome::Failure { code, message } => {
+                self.client
+                    .publish_with_headers(
+                        reply,
+                        error_headers(&code, &message),
+                        envelope::failure(&code, &message),
+                    )
+                    .await
+            }
+        };
+        if let Err(err) = sent {
+            tracing::warn!(endpoint = E::NAME, %err, "cannot send reply");
+        }
+    }
+}
+
+/// The NATS micro error headers (ADR-32). Header values cannot hold line breaks.
+fn error_headers(code: &str, message: &str) -> HeaderMap {
+    let clean = |text: &str| -> String {
+        text.chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect()
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(micro::ERROR_HEADER, clean(message).as_str());
+    headers.insert(micro::ERROR_CODE_HEADER, clean(code).as_str());
+    headers
+}

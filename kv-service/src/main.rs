@@ -1,1 +1,45 @@
-fn main(){}
+//! The kv-service binary: parse flags and environment, set up logging, run. Logic is in lib.rs.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use kv_service::config::{Cli, Command};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Some(Command::Schemas { dir }) => kv_service::write_schemas(&dir)
+            .map(|written| {
+                for path in written {
+                    println!("{}", path.display());
+                }
+            })
+            .map_err(|err| format!("cannot write schemas to {}: {err}", dir.display()).into()),
+        Some(Command::Serve) | None => kv_service::serve(&cli.serve, shutdown_signal()).await,
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,241 @@
+//! The four `rosey.db.kv.*` operations: request and reply types whose schemas carry the
+//! contract's field rules, and one `#[nats_rpc]` handler each. Parsing, validation, the envelope
+//! and error replies are nats-rpc's; what is left here is the domain.
+
+use std::borrow::Cow;
+
+use nats_rpc::{ErrorCode, INTERNAL_MESSAGE, RpcError, codes, nats_rpc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::store::{Store, StoreError};
+
+/// `plugin_name` rule, shared by every request.
+pub const PLUGIN_NAME_PATTERN: &str = "^[a-z0-9_-]{1,100}$";
+/// Largest stored value: the byte length of its compact JSON encoding.
+pub const MAX_VALUE_BYTES: usize = 65_536;
+/// `list` limit when the request gives none.
+pub const DEFAULT_LIMIT: u32 = 1000;
+
+/// `VALUE_TOO_LARGE`: the one domain error code.
+pub const VALUE_TOO_LARGE: ErrorCode = ErrorCode::new(
+    "VALUE_TOO_LARGE",
+    "set: the value's compact JSON encoding is over 65536 bytes; the message gives its size",
+);
+
+/// Upsert one key, optionally with a time to live.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+pub struct SetRequest {
+    /// The calling plugin's namespace.
+    #[schemars(regex(pattern = PLUGIN_NAME_PATTERN))]
+    pub plugin_name: String,
+    /// 1 to 255 characters.
+    #[schemars(length(min = 1, max = 255))]
+    pub key: String,
+    /// Any JSON value, `null` included; at most 65536 bytes as compact JSON.
+    pub value: Box<RawValue>,
+    /// Seconds until the key expires; absent or `null` means never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 2_147_483_647))]
+    pub ttl_seconds: Option<u32>,
+}
+
+/// Read one key.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+pub struct GetRequest {
+    /// The calling plugin's namespace.
+    #[schemars(regex(pattern = PLUGIN_NAME_PATTERN))]
+    pub plugin_name: String,
+    /// 1 to 255 characters.
+    #[schemars(length(min = 1, max = 255))]
+    pub key: String,
+}
+
+/// Remove one key.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+pub struct DeleteRequest {
+    /// The calling plugin's namespace.
+    #[schemars(regex(pattern = PLUGIN_NAME_PATTERN))]
+    pub plugin_name: String,
+    /// 1 to 255 characters.
+    #[schemars(length(min = 1, max = 255))]
+    pub key: String,
+}
+
+/// List one plugin's live keys by literal prefix.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+pub struct ListRequest {
+    /// The calling plugin's namespace.
+    #[schemars(regex(pattern = PLUGIN_NAME_PATTERN))]
+    pub plugin_name: String,
+    /// Byte prefix matched literally and case-sensitively (`%` and `_` are ordinary); default `""`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = ""))]
+    pub prefix: Option<String>,
+    /// Most keys to return, 1 to 10000; default 1000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10_000), extend("default" = DEFAULT_LIMIT))]
+    pub limit: Option<u32>,
+}
+
+/// `data` of a successful set: `{}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetReply {}
+
+/// `data` of a successful get: `{"exists": true, "value": V}` or `{"exists": false}`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GetReply {
+    /// Whether a live key was found.
+    pub exists: bool,
+    /// The stored value (present exactly when `exists` is true; may be `null`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "serde_json::Value")]
+    pub value: Option<Box<RawValue>>,
+}
+
+/// `data` of a successful delete.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteReply {
+    /// Whether a live key was removed.
+    pub deleted: bool,
+}
+
+/// `data` of a successful list.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListReply {
+    /// Live matching keys in ascending UTF-8 byte order.
+    pub keys: Vec<String>,
+    /// The length of `keys`.
+    pub count: usize,
+    /// More live keys match beyond `limit`.
+    pub truncated: bool,
+}
+
+/// What can go wrong inside an operation, after the request passed validation.
+#[derive(Debug, thiserror::Error)]
+pub enum KvError {
+    #[error("value of {size} bytes is over the {MAX_VALUE_BYTES}-byte limit")]
+    ValueTooLarge { size: usize },
+    #[error(transparent)]
+    Storage(#[from] StoreError),
+}
+
+impl RpcError for KvError {
+    const CATALOGUE: &'static [ErrorCode] = &[VALUE_TOO_LARGE, codes::INTERNAL_ERROR];
+
+    fn code(&self) -> &str {
+        match self {
+            KvError::ValueTooLarge { .. } => VALUE_TOO_LARGE.code,
+            KvError::Storage(_) => codes::INTERNAL_ERROR.code,
+        }
+    }
+
+    fn message(&self) -> Cow<'_, str> {
+        match self {
+            KvError::ValueTooLarge { size } => Cow::Owned(format!(
+                "Value size ({size} bytes) exceeds 64KB limit ({MAX_VALUE_BYTES} bytes)"
+            )),
+            KvError::Storage(_) => Cow::Borrowed(INTERNAL_MESSAGE),
+        }
+    }
+}
+
+#[nats_rpc(subject = "rosey.db.kv.set")]
+pub async fn set(store: &Store, request: SetRequest) -> Result<SetReply, KvError> {
+    let value = compact(request.value.get());
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(KvError::ValueTooLarge { size: value.len() });
+    }
+    store
+        .set(
+            &request.plugin_name,
+            &request.key,
+            value.into_owned(),
+            request.ttl_seconds,
+        )
+        .await?;
+    Ok(SetReply {})
+}
+
+#[nats_rpc(subject = "rosey.db.kv.get")]
+pub async fn get(store: &Store, request: GetRequest) -> Result<GetReply, KvError> {
+    let value = store.get(&request.plugin_name, &request.key).await?;
+    Ok(GetReply {
+        exists: value.is_some(),
+        value: value
+            .map(|text| RawValue::from_string(text).map_err(stored_value_corrupt))
+            .transpose()?,
+    })
+}
+
+#[nats_rpc(subject = "rosey.db.kv.delete")]
+pub async fn delete(store: &Store, request: DeleteRequest) -> Result<DeleteReply, KvError> {
+    let deleted = store.delete(&request.plugin_name, &request.key).await?;
+    Ok(DeleteReply { deleted })
+}
+
+#[nats_rpc(subject = "rosey.db.kv.list")]
+pub async fn list(store: &Store, request: ListRequest) -> Result<ListReply, KvError> {
+    let prefix = request.prefix.as_deref().unwrap_or("");
+    let limit = request.limit.unwrap_or(DEFAULT_LIMIT);
+    let listing = store.list(&request.plugin_name, prefix, limit).await?;
+    Ok(ListReply {
+        count: listing.keys.len(),
+        keys: listing.keys,
+        truncated: listing.truncated,
+    })
+}
+
+/// Only text this service wrote is ever read back, so this is a corrupted database.
+fn stored_value_corrupt(err: serde_json::Error) -> KvError {
+    KvError::Storage(StoreError::Database(sqlx::Error::Decode(Box::new(err))))
+}
+
+/// `json` without insignificant whitespace; borrowed when it has none (the common case). The
+/// input is valid JSON (a `RawValue`), so outside strings every byte is structural, a literal or
+/// whitespace, and dropping the whitespace keeps numbers and strings exactly as sent.
+pub fn compact(json: &str) -> Cow<'_, str> {
+    let bytes = json.as_bytes();
+    let mut out: Option<Vec<u8>> = None;
+    let (mut in_string, mut escaped) = (false, false);
+    for (index, &byte) in bytes.iter().enumerate() {
+        let insignificant = if in_string {
+            match (escaped, byte) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            false
+        } else {
+            in_string = byte == b'"';
+            matches!(byte, b' ' | b'\n' | b'\r' | b'\t')
+        };
+        match (&mut out, insignificant) {
+            (None, true) => out = Some(bytes[..index].to_vec()),
+            (Some(out), false) => out.push(byte),
+            _ => {}
+        }
+    }
+    match out {
+        None => Cow::Borrowed(json),
+        // Only ASCII whitespace was removed, so the bytes are still UTF-8.
+        Some(out) => Cow::Owned(String::from_utf8(out).expect("compacted JSON is UTF-8")),
+    }
+}
+
+/// The four endpoints' schemas, in subject order, for `kv-service schemas` and the docs.
+pub fn schemas() -> Vec<nats_rpc::EndpointSchemas> {
+    use nats_rpc::EndpointSchemas;
+    vec![
+        EndpointSchemas::of::<set>(),
+        EndpointSchemas::of::<get>(),
+        EndpointSchemas::of::<delete>(),
+        EndpointSchemas::of::<list>(),
+    ]
+}

@@ -1,0 +1,161 @@
+//! kv-service: the `rosey.db.kv.*` key-value store, served over NATS request/reply with
+//! nats-rpc on an sqlx SQLite database. `main.rs` only parses the command line and calls in here.
+
+pub mod api;
+pub mod config;
+pub mod store;
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nats_rpc::Service;
+
+pub use config::ServeConfig;
+use store::{Store, StoreOptions};
+
+/// Everything that stops the service from starting, with what to check.
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// How long to keep trying to reach NATS at start before giving up.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// Opens the store, connects to NATS, serves the four endpoints until `shutdown` completes, then
+/// drains: in-flight requests are answered and queued writes committed before it returns.
+pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    let store = Store::open(&StoreOptions {
+        url: config.database_url.clone(),
+        synchronous_full: config.synchronous_full,
+        read_connections: 4,
+    })
+    .await
+    .map_err(|err| format!("cannot open database `{}`: {err}", config.database_url))?;
+    let store = Arc::new(store);
+
+    let nats = connect(config).await?;
+    let service = Service::builder("kv-service", env!("CARGO_PKG_VERSION"))
+        .description("rosey.db.kv: per-plugin key-value store")
+        .queue_group(config.queue_group.clone())
+        .max_in_flight(config.max_in_flight)
+        .endpoint::<api::set>()
+        .endpoint::<api::get>()
+        .endpoint::<api::delete>()
+        .endpoint::<api::list>()
+        .serve(nats.clone(), store.clone())
+        .await?;
+    let subjects: Vec<&str> = service
+        .info()
+        .endpoints
+        .iter()
+        .map(|endpoint| endpoint.subject.as_str())
+        .collect();
+    tracing::info!(
+        subjects = %subjects.join(" "),
+        nats = %config::redact_url(&config.nats_url),
+        database = %config.database_url,
+        id = service.id(),
+        "kv-service ready"
+    );
+
+    let purger = tokio::spawn(purge_forever(store.clone(), config.purge_interval));
+    shutdown.await;
+    tracing::info!("shutting down: draining in-flight requests");
+    if let Err(err) = service.shutdown().await {
+        tracing::warn!(%err, "drain incomplete");
+    }
+    purger.abort();
+    let _ = purger.await;
+    if let Err(err) = nats.drain().await {
+        tracing::debug!(%err, "closing the NATS connection");
+    }
+    close_store(store).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Connects to NATS once (a clear error naming the URL when it fails); after that, async-nats
+/// reconnects on its own, forever, and resubscribes.
+async fn connect(config: &ServeConfig) -> Result<async_nats::Client, Error> {
+    let url = config::redact_url(&config.nats_url);
+    let options = nats_rpc::connect_options()
+        .name("kv-service")
+        .connection_timeout(Duration::from_secs(5))
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                async_nats::Event::Disconnected => tracing::warn!("NATS connection lost, reconnecting"),
+                other => tracing::info!(event = %other, "NATS event"),
+            }
+        });
+    match tokio::time::timeout(CONNECT_TIMEOUT, options.connect(config.nats_url.as_str())).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(err)) => Err(format!("cannot connect to NATS at {url}: {err}").into()),
+        Err(_) => Err(format!(
+            "cannot connect to NATS at {url}: no answer within {}s",
+            CONNECT_TIMEOUT.as_secs()
+        )
+        .into()),
+    }
+}
+
+/// Purges expired rows every `every`; a failure is logged and tried again next time.
+async fn purge_forever(store: Arc<Store>, every: Duration) {
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let started = Instant::now();
+        match store.purge_expired().await {
+            Ok(purged) => tracing::info!(
+                purged,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "purged expired keys"
+            ),
+            Err(err) => tracing::error!(%err, "purge failed, retrying at the next interval"),
+        }
+    }
+}
+
+/// Waits for the last users of the store (finishing request tasks) to let go, then closes it so
+/// the writer commits everything queued.
+async fn close_store(mut store: Arc<Store>) {
+    for _ in 0..100 {
+        match Arc::try_unwrap(store) {
+            Ok(store) => return store.close().await,
+            Err(shared) => store = shared,
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::warn!("store still in use at exit; its writer finishes queued writes on its own");
+}
+
+/// Writes every endpoint's request, success-reply and error-reply schema to `dir`, one file
+/// each, named `<subject>.<kind>.json`. Returns the paths written.
+pub fn write_schemas(dir: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    std::fs::create_dir_all(dir)?;
+    let mut written = Vec::new();
+    for (name, schema) in rendered_schemas() {
+        let path = dir.join(name);
+        std::fs::write(&path, schema)?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// `(file name, pretty JSON)` for every schema `write_schemas` writes.
+pub fn rendered_schemas() -> Vec<(String, String)> {
+    let mut files = Vec::new();
+    for endpoint in api::schemas() {
+        for (kind, schema) in [
+            ("request", &endpoint.request),
+            ("response", &endpoint.response),
+            ("error", &endpoint.error),
+        ] {
+            let mut text = serde_json::to_string_pretty(schema).expect("a schema serializes");
+            text.push('\n');
+            files.push((format!("{}.{kind}.json", endpoint.subject), text));
+        }
+    }
+    files
+}

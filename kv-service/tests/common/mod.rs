@@ -1,0 +1,145 @@
+//! Shared test harness: a private nats-server child on a free port, kv-service served
+//! in-process on a fresh SQLite file, and helpers to send raw requests and read replies.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kv_service::ServeConfig;
+use nats_rpc::testing::NatsServer;
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub struct Harness {
+    pub nats: NatsServer,
+    pub dir: tempfile::TempDir,
+    pub client: async_nats::Client,
+    pub config: ServeConfig,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), String>>>,
+}
+
+/// A raw reply: parsed body plus the error headers, if any.
+#[derive(Debug)]
+pub struct Reply {
+    pub body: Value,
+    pub error_header: Option<String>,
+    pub error_code_header: Option<String>,
+}
+
+impl Harness {
+    pub async fn start() -> Harness {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts with a config tweak (e.g. a short purge interval).
+    pub async fn start_with(tweak: impl FnOnce(&mut ServeConfig)) -> Harness {
+        let nats = NatsServer::start();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = ServeConfig {
+            nats_url: nats.url(),
+            database_url: format!("sqlite://{}", dir.path().join("kv.db").display()),
+            purge_interval: Duration::from_secs(300),
+            synchronous_full: false,
+            max_in_flight: nats_rpc::DEFAULT_MAX_IN_FLIGHT,
+            queue_group: nats_rpc::DEFAULT_QUEUE_GROUP.into(),
+        };
+        tweak(&mut config);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task_config = config.clone();
+        let task = tokio::spawn(async move {
+            kv_service::serve(&task_config, async {
+                let _ = stopped.await;
+            })
+            .await
+            .map_err(|err| err.to_string())
+        });
+        let client = async_nats::connect(nats.url()).await.expect("test client connects");
+        let harness = Harness {
+            nats,
+            dir,
+            client,
+            config,
+            stop: Some(stop),
+            task: Some(task),
+        };
+        harness.wait_ready().await;
+        harness
+    }
+
+    /// Waits until the service answers `$SRV.PING.kv-service`.
+    pub async fn wait_ready(&self) {
+        for _ in 0..200 {
+            let ping = tokio::time::timeout(
+                Duration::from_millis(200),
+                self.client.request("$SRV.PING.kv-service", Bytes::new()),
+            )
+            .await;
+            if let Ok(Ok(_)) = ping {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("kv-service did not become ready");
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("kv.db")
+    }
+
+    /// Sends raw bytes and returns the full reply.
+    pub async fn raw(&self, subject: &str, payload: impl Into<Bytes>) -> Reply {
+        let message = tokio::time::timeout(
+            Duration::from_secs(10),
+            self.client.request(subject.to_owned(), payload.into()),
+        )
+        .await
+        .expect("reply within 10 s")
+        .expect("request succeeds");
+        let header = |name: &str| {
+            message
+                .headers
+                .as_ref()
+                .and_then(|headers| headers.get(name))
+                .map(|value| value.as_str().to_owned())
+        };
+        Reply {
+            body: serde_json::from_slice(&message.payload).expect("reply is JSON"),
+            error_header: header("Nats-Service-Error"),
+            error_code_header: header("Nats-Service-Error-Code"),
+        }
+    }
+
+    /// Sends a JSON body to `rosey.db.kv.<op>` and returns the reply body.
+    pub async fn call(&self, op: &str, body: Value) -> Value {
+        self.raw(&format!("rosey.db.kv.{op}"), body.to_string()).await.body
+    }
+
+    /// Stops the service gracefully and returns its result.
+    pub async fn stop(mut self) -> Result<(), String> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.take().expect("running").await.expect("serve task")
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// `{"success": false, "error": {"code": code, "message": message}}`.
+pub fn failure(code: &str, message: &str) -> Value {
+    serde_json::json!({"success": false, "error": {"code": code, "message": message}})
+}
+
+/// `{"success": true, "data": data}`.
+pub fn success(data: Value) -> Value {
+    serde_json::json!({"success": true, "data": data})
+}

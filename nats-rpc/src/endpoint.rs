@@ -34,22 +34,14 @@ pub trait Endpoint: 'static {
     ) -> impl Future<Output = Result<Self::Response, Self::Error>> + Send + 'a;
 }
 
-/// What a request type needs: deserializable, with a JSON Schema to validate against.
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot be the request type of a `#[nats_rpc]` handler",
-    label = "add `#[derive(serde::Deserialize, schemars::JsonSchema)]` to this type",
-    note = "requests are validated against the type's JSON Schema, then deserialized into it"
-)]
+/// What a request type needs: deserializable, with a JSON Schema to validate against. (When a
+/// bound is missing, rustc reports the missing `Deserialize` / `JsonSchema` itself, on the
+/// handler's request type.)
 pub trait RequestType: DeserializeOwned + JsonSchema + Send + 'static {}
 
 impl<T: DeserializeOwned + JsonSchema + Send + 'static> RequestType for T {}
 
 /// What a response type needs: serializable, with a JSON Schema to publish.
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot be the response type of a `#[nats_rpc]` handler",
-    label = "add `#[derive(serde::Serialize, schemars::JsonSchema)]` to this type",
-    note = "responses are serialized as the envelope's `data`, and their schema is published"
-)]
 pub trait ResponseType: Serialize + JsonSchema + Send + 'static {}
 
 impl<T: Serialize + JsonSchema + Send + 'static> ResponseType for T {}

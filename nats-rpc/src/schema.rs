@@ -214,10 +214,12 @@ fn describe(error: &jsonschema::ValidationError<'_>) -> Rejection {
     let field = field_name(&error.instance_path().to_string());
     let rule: Cow<'_, str> = match error.kind() {
         Kind::Type { kind } => {
-            let names: Vec<&str> = match kind {
+            let mut names: Vec<&str> = match kind {
                 TypeKind::Single(single) => vec![single.as_str()],
                 TypeKind::Multiple(set) => set.iter().map(|t| t.as_str()).collect(),
             };
+            // "integer or null" reads better than the bit order's "null or integer".
+            names.sort_by_key(|name| *name == "null");
             format!("must be of type {}", names.join(" or ")).into()
         }
         Kind::Minimum { limit } => format!("must be >= {limit}").into(),

@@ -143,3 +143,50 @@ pub fn failure(code: &str, message: &str) -> Value {
 pub fn success(data: Value) -> Value {
     serde_json::json!({"success": true, "data": data})
 }
+
+// ---- Additions for the contract tests (new functions only; nothing above changed). ----
+
+impl Harness {
+    /// Sends raw bytes and returns the reply payload exactly as received (undecoded), so a test
+    /// can check number text byte for byte.
+    pub async fn raw_payload(&self, subject: &str, payload: impl Into<Bytes>) -> Bytes {
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            self.client.request(subject.to_owned(), payload.into()),
+        )
+        .await
+        .expect("reply within 10 s")
+        .expect("request succeeds")
+        .payload
+    }
+
+    /// Stops the in-process service gracefully (drain, commit, close the database), then serves
+    /// again with the same config: same NATS server, same SQLite file. Returns the first run's
+    /// result.
+    pub async fn restart_service(&mut self) -> Result<(), String> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let first = self.task.take().expect("running").await.expect("serve task");
+        let (stop, task) = spawn_service(self.config.clone());
+        self.stop = Some(stop);
+        self.task = Some(task);
+        self.wait_ready().await;
+        first
+    }
+}
+
+/// Runs `kv_service::serve` with `config` on a task until the returned sender fires (or drops).
+pub fn spawn_service(
+    config: ServeConfig,
+) -> (oneshot::Sender<()>, JoinHandle<Result<(), String>>) {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        kv_service::serve(&config, async {
+            let _ = stopped.await;
+        })
+        .await
+        .map_err(|err| err.to_string())
+    });
+    (stop, task)
+}

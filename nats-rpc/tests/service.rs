@@ -1,0 +1,607 @@
+//! nats-rpc end to end, against a private nats-server child: every error class with its exact
+//! code and message, the envelope shapes, panic isolation, concurrency, the overload reply, the
+//! NATS micro protocol, drain, schema export and the typed client.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use nats_rpc::testing::NatsServer;
+use nats_rpc::{
+    CallError, Client, EndpointSchemas, ErrorCode, RpcError, Service, ServiceBuilder, codes,
+    nats_rpc,
+};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+#[derive(Default)]
+struct State {
+    calls: AtomicUsize,
+    started: AtomicUsize,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+struct Echo {
+    #[schemars(length(min = 1, max = 10))]
+    text: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 5))]
+    times: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+struct Nothing {}
+
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+struct Sleep {
+    millis: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum TeaError {
+    #[error("teapot refused {0}")]
+    Teapot(String),
+    #[error("kettle exploded: secret detail")]
+    Kettle,
+}
+
+const TEAPOT: ErrorCode = ErrorCode::new("TEAPOT", "the server is a teapot");
+
+impl RpcError for TeaError {
+    const CATALOGUE: &'static [ErrorCode] = &[TEAPOT, codes::INTERNAL_ERROR];
+
+    fn code(&self) -> &str {
+        match self {
+            TeaError::Teapot(_) => TEAPOT.code,
+            TeaError::Kettle => codes::INTERNAL_ERROR.code,
+        }
+    }
+
+    fn message(&self) -> Cow<'_, str> {
+        match self {
+            TeaError::Teapot(what) => format!("I am a teapot, not a {what}").into(),
+            TeaError::Kettle => nats_rpc::INTERNAL_MESSAGE.into(),
+        }
+    }
+}
+
+#[nats_rpc(subject = "test.echo")]
+async fn echo(state: &State, request: Echo) -> Result<Echo, nats_rpc::Error> {
+    state.calls.fetch_add(1, Ordering::SeqCst);
+    Ok(request)
+}
+
+#[nats_rpc(subject = "test.tea", name = "brew")]
+async fn tea(_state: &State, request: Echo) -> Result<Nothing, TeaError> {
+    if request.text == "kettle" {
+        Err(TeaError::Kettle)
+    } else {
+        Err(TeaError::Teapot(request.text))
+    }
+}
+
+#[nats_rpc(subject = "test.panic")]
+async fn boom(_state: &State, _request: Nothing) -> Result<Nothing, nats_rpc::Error> {
+    panic!("secret panic detail");
+}
+
+#[nats_rpc(subject = "test.slow")]
+async fn slow(state: &State, request: Sleep) -> Result<Sleep, nats_rpc::Error> {
+    state.started.fetch_add(1, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(request.millis)).await;
+    Ok(request)
+}
+
+#[nats_rpc(subject = "test.unit")]
+async fn unit(_state: &State, _request: Nothing) -> Result<(), nats_rpc::Error> {
+    Ok(())
+}
+
+fn builder() -> ServiceBuilder<State> {
+    Service::builder("tester", "1.2.3")
+        .description("test service")
+        .endpoint::<echo>()
+        .endpoint::<tea>()
+        .endpoint::<boom>()
+        .endpoint::<slow>()
+        .endpoint::<unit>()
+}
+
+struct Fixture {
+    _server: NatsServer,
+    nats: async_nats::Client,
+    state: Arc<State>,
+    service: Option<Service>,
+}
+
+impl Fixture {
+    async fn start() -> Fixture {
+        Self::start_with(|builder| builder).await
+    }
+
+    async fn start_with(tweak: impl FnOnce(ServiceBuilder<State>) -> ServiceBuilder<State>) -> Fixture {
+        let server = NatsServer::start();
+        let nats = nats_rpc::connect_options()
+            .connect(server.url())
+            .await
+            .expect("connect");
+        let state = Arc::new(State::default());
+        let service = tweak(builder())
+            .serve(nats.clone(), state.clone())
+            .await
+            .expect("serve");
+        Fixture {
+            _server: server,
+            nats,
+            state,
+            service: Some(service),
+        }
+    }
+
+    async fn raw(&self, subject: &str, payload: &[u8]) -> async_nats::Message {
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            self.nats
+                .request(subject.to_owned(), Bytes::copy_from_slice(payload)),
+        )
+        .await
+        .expect("a reply within 5 s")
+        .expect("request")
+    }
+
+    /// Sends a request in the background.
+    fn spawn_request(
+        &self,
+        subject: &'static str,
+        payload: impl Into<Bytes>,
+    ) -> tokio::task::JoinHandle<Result<async_nats::Message, async_nats::RequestError>> {
+        let nats = self.nats.clone();
+        let payload = payload.into();
+        tokio::spawn(async move { nats.request(subject, payload).await })
+    }
+
+    async fn json(&self, subject: &str, payload: &[u8]) -> Value {
+        serde_json::from_slice(&self.raw(subject, payload).await.payload).expect("JSON reply")
+    }
+}
+
+fn failure(code: &str, message: &str) -> Value {
+    json!({"success": false, "error": {"code": code, "message": message}})
+}
+
+#[tokio::test]
+async fn success_envelope_has_exactly_success_and_data() {
+    let f = Fixture::start().await;
+    let message = f.raw("test.echo", br#"{"text":"hi","times":2}"#).await;
+    assert_eq!(
+        std::str::from_utf8(&message.payload).unwrap(),
+        r#"{"success":true,"data":{"text":"hi","times":2}}"#
+    );
+    assert!(message.headers.is_none(), "success replies carry no error headers");
+}
+
+#[tokio::test]
+async fn unit_response_is_null_data() {
+    let f = Fixture::start().await;
+    assert_eq!(f.json("test.unit", b"{}").await, json!({"success": true, "data": null}));
+}
+
+#[tokio::test]
+async fn invalid_json_reports_parser_detail() {
+    let f = Fixture::start().await;
+    assert_eq!(
+        f.json("test.echo", b"").await,
+        failure("INVALID_JSON", "Invalid JSON: EOF while parsing a value at line 1 column 0")
+    );
+    assert_eq!(
+        f.json("test.echo", b"{\"text\":").await,
+        failure("INVALID_JSON", "Invalid JSON: EOF while parsing a value at line 1 column 8")
+    );
+    assert_eq!(
+        f.json("test.echo", b"nope").await,
+        failure("INVALID_JSON", "Invalid JSON: expected ident at line 1 column 2")
+    );
+}
+
+#[tokio::test]
+async fn invalid_utf8_is_invalid_json() {
+    let f = Fixture::start().await;
+    assert_eq!(
+        f.json("test.echo", b"{\"text\":\"\xff\"}").await,
+        failure(
+            "INVALID_JSON",
+            "Invalid JSON: body is not valid UTF-8 (invalid byte at offset 9)"
+        )
+    );
+}
+
+#[tokio::test]
+async fn non_object_bodies_are_validation_errors() {
+    let f = Fixture::start().await;
+    for (body, kind) in [
+        ("[]", "array"),
+        ("5", "number"),
+        ("\"s\"", "string"),
+        ("null", "null"),
+        ("true", "boolean"),
+    ] {
+        assert_eq!(
+            f.json("test.echo", body.as_bytes()).await,
+            failure(
+                "VALIDATION_ERROR",
+                &format!("Request body must be a JSON object, got {kind}")
+            ),
+            "body {body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn missing_field_covers_absent_null_and_empty() {
+    let f = Fixture::start().await;
+    for body in [r#"{}"#, r#"{"text":null}"#, r#"{"text":""}"#] {
+        assert_eq!(
+            f.json("test.echo", body.as_bytes()).await,
+            failure("MISSING_FIELD", "Required field 'text' is missing"),
+            "body {body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn schema_violations_name_field_and_rule() {
+    let f = Fixture::start().await;
+    let cases = [
+        (r#"{"text":5}"#, "Field 'text' must be of type string"),
+        (r#"{"text":"01234567890"}"#, "Field 'text' must be at most 10 characters long"),
+        (r#"{"text":"a","times":0}"#, "Field 'times' must be >= 1"),
+        (r#"{"text":"a","times":6}"#, "Field 'times' must be <= 5"),
+        (r#"{"text":"a","times":"2"}"#, "Field 'times' must be of type integer or null"),
+    ];
+    for (body, message) in cases {
+        assert_eq!(
+            f.json("test.echo", body.as_bytes()).await,
+            failure("VALIDATION_ERROR", message),
+            "body {body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn missing_field_takes_precedence_over_validation() {
+    let f = Fixture::start().await;
+    // `times` breaks its range, but the missing `text` is reported first.
+    assert_eq!(
+        f.json("test.echo", br#"{"times":0}"#).await,
+        failure("MISSING_FIELD", "Required field 'text' is missing")
+    );
+}
+
+#[tokio::test]
+async fn unknown_members_are_ignored() {
+    let f = Fixture::start().await;
+    assert_eq!(
+        f.json("test.echo", br#"{"text":"a","extra":[1,2]}"#).await,
+        json!({"success": true, "data": {"text": "a"}})
+    );
+}
+
+#[tokio::test]
+async fn domain_errors_use_the_trait_code_message_and_headers() {
+    let f = Fixture::start().await;
+    let message = f.raw("test.tea", br#"{"text":"kettle"}"#).await;
+    assert_eq!(
+        serde_json::from_slice::<Value>(&message.payload).unwrap(),
+        failure("INTERNAL_ERROR", "Internal error"),
+        "the Display text with the secret stays in the log"
+    );
+    let message = f.raw("test.tea", br#"{"text":"cup"}"#).await;
+    assert_eq!(
+        serde_json::from_slice::<Value>(&message.payload).unwrap(),
+        failure("TEAPOT", "I am a teapot, not a cup")
+    );
+    let headers = message.headers.expect("error replies carry headers");
+    assert_eq!(
+        headers.get("Nats-Service-Error").map(|v| v.as_str()),
+        Some("I am a teapot, not a cup")
+    );
+    assert_eq!(
+        headers.get("Nats-Service-Error-Code").map(|v| v.as_str()),
+        Some("TEAPOT")
+    );
+}
+
+#[tokio::test]
+async fn panicking_handler_answers_internal_error_and_service_keeps_serving() {
+    let f = Fixture::start().await;
+    let reply = f.raw("test.panic", b"{}").await;
+    let text = std::str::from_utf8(&reply.payload).unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(text).unwrap(),
+        failure("INTERNAL_ERROR", "Internal error")
+    );
+    assert!(!text.contains("secret"), "panic text never reaches the client");
+    assert_eq!(
+        f.json("test.echo", br#"{"text":"after"}"#).await,
+        json!({"success": true, "data": {"text": "after"}})
+    );
+}
+
+#[tokio::test]
+async fn slow_handler_does_not_block_others() {
+    let f = Fixture::start().await;
+    let slow = f.spawn_request("test.slow", Bytes::from_static(br#"{"millis":3000}"#));
+    while f.state.started.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let started = Instant::now();
+    assert_eq!(
+        f.json("test.echo", br#"{"text":"quick"}"#).await,
+        json!({"success": true, "data": {"text": "quick"}})
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "echo waited {:?} behind the slow handler",
+        started.elapsed()
+    );
+    assert!(!slow.is_finished(), "the slow request is still running");
+    slow.abort();
+}
+
+#[tokio::test]
+async fn past_the_in_flight_bound_replies_overloaded_at_once() {
+    let f = Fixture::start_with(|builder| builder.max_in_flight(2)).await;
+    let mut pending = Vec::new();
+    for _ in 0..2 {
+        pending.push(f.spawn_request("test.slow", Bytes::from_static(br#"{"millis":2000}"#)));
+    }
+    while f.state.started.load(Ordering::SeqCst) < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let started = Instant::now();
+    let reply = f.raw("test.echo", br#"{"text":"more"}"#).await;
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&reply.payload).unwrap(),
+        failure(
+            "OVERLOADED",
+            "Service overloaded: 2 requests already in flight, retry later"
+        )
+    );
+    for request in pending {
+        let reply = request.await.unwrap().unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Value>(&reply.payload).unwrap(),
+            json!({"success": true, "data": {"millis": 2000}})
+        );
+    }
+    // Capacity is back.
+    assert_eq!(
+        f.json("test.echo", br#"{"text":"again"}"#).await,
+        json!({"success": true, "data": {"text": "again"}})
+    );
+}
+
+#[tokio::test]
+async fn ping_info_and_stats_answer_on_all_three_subjects() {
+    let f = Fixture::start().await;
+    let id = f.service.as_ref().unwrap().id().to_owned();
+    for subject in ["$SRV.PING", "$SRV.PING.tester", &format!("$SRV.PING.tester.{id}")] {
+        assert_eq!(
+            f.json(subject, b"").await,
+            json!({
+                "type": "io.nats.micro.v1.ping_response",
+                "name": "tester",
+                "id": id,
+                "version": "1.2.3",
+                "metadata": {},
+            }),
+            "{subject}"
+        );
+    }
+    let info = f.json(&format!("$SRV.INFO.tester.{id}"), b"").await;
+    assert_eq!(info["type"], "io.nats.micro.v1.info_response");
+    assert_eq!(info["description"], "test service");
+    assert_eq!(
+        info["endpoints"][1],
+        json!({
+            "name": "brew",
+            "subject": "test.tea",
+            "queue_group": "q",
+            "metadata": {
+                "errors": "INVALID_JSON,VALIDATION_ERROR,MISSING_FIELD,INTERNAL_ERROR,OVERLOADED,TEAPOT"
+            },
+        })
+    );
+    let names: Vec<&str> = info["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["echo", "brew", "boom", "slow", "unit"]);
+}
+
+#[tokio::test]
+async fn stats_count_requests_and_error_envelopes() {
+    let f = Fixture::start().await;
+    f.json("test.echo", br#"{"text":"ok"}"#).await;
+    f.json("test.echo", b"[]").await;
+    f.json("test.echo", br#"{"text":""}"#).await;
+    f.json("test.tea", br#"{"text":"cup"}"#).await;
+    let stats = f.json("$SRV.STATS.tester", b"").await;
+    assert_eq!(stats["type"], "io.nats.micro.v1.stats_response");
+    assert!(stats["started"].as_str().unwrap().ends_with('Z'));
+    let echo = &stats["endpoints"][0];
+    assert_eq!(echo["name"], "echo");
+    assert_eq!(echo["num_requests"], 3);
+    assert_eq!(echo["num_errors"], 2);
+    assert_eq!(
+        echo["last_error"],
+        "MISSING_FIELD: Required field 'text' is missing"
+    );
+    assert!(echo["processing_time"].as_u64().unwrap() > 0);
+    let tea = &stats["endpoints"][1];
+    assert_eq!((tea["num_requests"].as_u64(), tea["num_errors"].as_u64()), (Some(1), Some(1)));
+    // The handle reports the same counters.
+    let local = f.service.as_ref().unwrap().stats();
+    assert_eq!((local[0].1.num_requests, local[0].1.num_errors), (3, 2));
+}
+
+#[tokio::test]
+async fn instances_in_the_queue_group_share_the_load() {
+    let f = Fixture::start().await;
+    let other_state = Arc::new(State::default());
+    let other = builder()
+        .serve(f.nats.clone(), other_state.clone())
+        .await
+        .expect("second instance");
+    for _ in 0..40 {
+        f.json("test.echo", br#"{"text":"x"}"#).await;
+    }
+    let (a, b) = (
+        f.state.calls.load(Ordering::SeqCst),
+        other_state.calls.load(Ordering::SeqCst),
+    );
+    assert_eq!(a + b, 40, "each request served exactly once");
+    assert!(a > 0 && b > 0, "both instances served: {a} / {b}");
+    other.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_answers_every_request_in_flight_then_stops() {
+    let mut f = Fixture::start().await;
+    let mut pending = Vec::new();
+    for millis in [300_u64, 400, 500, 600, 700] {
+        pending.push(f.spawn_request("test.slow", format!(r#"{{"millis":{millis}}}"#)));
+    }
+    while f.state.started.load(Ordering::SeqCst) < 5 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    f.service.take().unwrap().shutdown().await.expect("drained in time");
+    for request in pending {
+        let reply = request.await.unwrap().expect("a reply, not a timeout");
+        assert_eq!(
+            serde_json::from_slice::<Value>(&reply.payload).unwrap()["success"],
+            true
+        );
+    }
+    let after = f
+        .nats
+        .request("test.echo", Bytes::from_static(br#"{"text":"late"}"#))
+        .await;
+    assert_eq!(
+        after.expect_err("nobody serves after shutdown").kind(),
+        async_nats::client::RequestErrorKind::NoResponders
+    );
+}
+
+#[tokio::test]
+async fn typed_client_round_trip() {
+    let f = Fixture::start().await;
+    let client = Client::new(f.nats.clone());
+    let request = Echo {
+        text: "typed".into(),
+        times: Some(3),
+    };
+    assert_eq!(client.call::<echo>(&request).await.unwrap(), request);
+    match client
+        .call::<tea>(&Echo {
+            text: "mug".into(),
+            times: None,
+        })
+        .await
+    {
+        Err(CallError::Remote(err)) => {
+            assert_eq!(err.code, "TEAPOT");
+            assert_eq!(err.message, "I am a teapot, not a mug");
+        }
+        other => panic!("expected a remote TEAPOT error, got {other:?}"),
+    }
+    let invalid = client
+        .call::<echo>(&Echo {
+            text: String::new(),
+            times: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(invalid.code(), Some("MISSING_FIELD"));
+}
+
+#[tokio::test]
+async fn typed_client_reports_no_responders() {
+    let f = Fixture::start().await;
+    let mut other = NatsServer::start();
+    let lonely = async_nats::connect(other.url()).await.unwrap();
+    let err = Client::new(lonely)
+        .call::<echo>(&Echo {
+            text: "x".into(),
+            times: None,
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CallError::NoResponders), "{err:?}");
+    other.stop();
+    drop(f);
+}
+
+#[tokio::test]
+async fn exported_schemas_are_the_validated_ones() {
+    let schemas = EndpointSchemas::of::<tea>();
+    assert_eq!(schemas.subject, "test.tea");
+    assert_eq!(schemas.name, "brew");
+    assert_eq!(schemas.request["$schema"], nats_rpc::DIALECT);
+    assert_eq!(schemas.request["properties"]["text"]["maxLength"], 10);
+    assert_eq!(schemas.request["required"], json!(["text"]));
+    assert_eq!(
+        schemas.error["properties"]["error"]["properties"]["code"]["enum"],
+        json!(["INVALID_JSON", "VALIDATION_ERROR", "MISSING_FIELD", "INTERNAL_ERROR", "OVERLOADED", "TEAPOT"])
+    );
+    // The published success and error schemas accept real replies and reject others.
+    let response = jsonschema::validator_for(&schemas.response).unwrap();
+    assert!(response.is_valid(&json!({"success": true, "data": {}})));
+    assert!(!response.is_valid(&json!({"success": true, "data": {}, "extra": 1})));
+    let error = jsonschema::validator_for(&schemas.error).unwrap();
+    assert!(error.is_valid(&failure("TEAPOT", "x")));
+    assert!(!error.is_valid(&failure("NOT_A_CODE", "x")));
+}
+
+#[tokio::test]
+async fn invalid_configurations_are_refused_with_reasons() {
+    let server = NatsServer::start();
+    let nats = async_nats::connect(server.url()).await.unwrap();
+    let refuse = |builder: ServiceBuilder<State>| {
+        let nats = nats.clone();
+        async move {
+            builder
+                .serve(nats, State::default())
+                .await
+                .expect_err("refused")
+                .to_string()
+        }
+    };
+    assert_eq!(
+        refuse(Service::builder("bad name", "1.0.0").endpoint::<echo>()).await,
+        "invalid service configuration: service name `bad name` must be non-empty and use only `A-Z a-z 0-9 _ -`"
+    );
+    assert_eq!(
+        refuse(Service::builder("ok", "1.0").endpoint::<echo>()).await,
+        "invalid service configuration: service version `1.0` must be semver, e.g. `1.2.3`"
+    );
+    assert_eq!(
+        refuse(
+            Service::builder("ok", "1.0.0")
+                .endpoint::<echo>()
+                .endpoint::<echo>()
+        )
+        .await,
+        "invalid service configuration: endpoints `echo` and `echo` both serve `test.echo`"
+    );
+    assert_eq!(
+        refuse(Service::builder("ok", "1.0.0")).await,
+        "invalid service configuration: a service needs at least one endpoint"
+    );
+}

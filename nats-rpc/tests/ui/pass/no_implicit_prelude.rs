@@ -1,0 +1,42 @@
+//! The expansion names everything by absolute path: it compiles with no prelude and with local
+//! modules shadowing `core`, `std`, `serde` and `nats_rpc`.
+
+pub struct State;
+
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+pub struct Req {
+    pub key: String,
+}
+
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct Reply {
+    pub ok: bool,
+}
+
+mod strict {
+    #![no_implicit_prelude]
+    #![allow(dead_code)]
+
+    mod core {}
+    mod std {}
+    mod serde {}
+    mod nats_rpc {}
+    mod schemars {}
+
+    #[::nats_rpc::nats_rpc(subject = "strict.get")]
+    pub async fn get(
+        _state: &super::State,
+        request: super::Req,
+    ) -> ::core::result::Result<super::Reply, ::nats_rpc::Error> {
+        ::core::result::Result::Ok(super::Reply {
+            ok: !request.key.is_empty(),
+        })
+    }
+}
+
+fn main() {
+    fn assert_endpoint<E: nats_rpc::Endpoint>() -> &'static str {
+        E::SUBJECT
+    }
+    assert_eq!(assert_endpoint::<strict::get>(), "strict.get");
+}

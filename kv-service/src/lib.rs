@@ -84,7 +84,9 @@ async fn connect(config: &ServeConfig) -> Result<async_nats::Client, Error> {
         .event_callback(|event| async move {
             match event {
                 async_nats::Event::Connected => tracing::info!("connected to NATS"),
-                async_nats::Event::Disconnected => tracing::warn!("NATS connection lost, reconnecting"),
+                async_nats::Event::Disconnected => {
+                    tracing::warn!("NATS connection lost, reconnecting")
+                }
                 other => tracing::info!(event = %other, "NATS event"),
             }
         });

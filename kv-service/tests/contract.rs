@@ -1,63 +1,1847 @@
 //! The rosey.db.kv wire contract (../shared/CONTRACT.md), row by row, over a real nats-server
 //! and a real SQLite file.
+//!
+//! Every test starts its own nats-server and its own service on a fresh database, and asserts
+//! whole reply envelopes (`common::success` / `common::failure`); error replies are also checked
+//! for the `Nats-Service-Error` / `Nats-Service-Error-Code` headers.
 
 mod common;
 
-use common::{Harness, failure, success};
-use serde_json::json;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-#[tokio::test]
+use bytes::Bytes;
+use common::{Harness, failure, success};
+use futures_util::StreamExt;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
+
+// ------------------------------------------------------------------------------------------
+// Helpers
+// ------------------------------------------------------------------------------------------
+
+fn subject(op: &str) -> String {
+    format!("rosey.db.kv.{op}")
+}
+
+/// Sets `key` and asserts the exact success reply `{"success": true, "data": {}}`.
+async fn put(kv: &Harness, plugin: &str, key: &str, value: Value) {
+    let reply = kv
+        .call(
+            "set",
+            json!({"plugin_name": plugin, "key": key, "value": value}),
+        )
+        .await;
+    assert_eq!(reply, success(json!({})), "set {plugin}/{key}");
+}
+
+/// Sets `key` with a TTL and asserts the exact success reply.
+async fn put_ttl(kv: &Harness, plugin: &str, key: &str, value: Value, ttl: u64) {
+    let reply = kv
+        .call(
+            "set",
+            json!({"plugin_name": plugin, "key": key, "value": value, "ttl_seconds": ttl}),
+        )
+        .await;
+    assert_eq!(reply, success(json!({})), "set {plugin}/{key} ttl {ttl}");
+}
+
+async fn get(kv: &Harness, plugin: &str, key: &str) -> Value {
+    kv.call("get", json!({"plugin_name": plugin, "key": key}))
+        .await
+}
+
+async fn delete(kv: &Harness, plugin: &str, key: &str) -> Value {
+    kv.call("delete", json!({"plugin_name": plugin, "key": key}))
+        .await
+}
+
+async fn list(kv: &Harness, request: Value) -> Value {
+    kv.call("list", request).await
+}
+
+/// `{"success": true, "data": {"exists": true, "value": value}}`.
+fn found(value: Value) -> Value {
+    success(json!({"exists": true, "value": value}))
+}
+
+/// `{"success": true, "data": {"exists": false}}`.
+fn absent() -> Value {
+    success(json!({"exists": false}))
+}
+
+fn deleted(yes: bool) -> Value {
+    success(json!({"deleted": yes}))
+}
+
+/// The exact list reply for `keys`.
+fn listing<S: AsRef<str>>(keys: &[S], truncated: bool) -> Value {
+    let keys: Vec<&str> = keys.iter().map(AsRef::as_ref).collect();
+    success(json!({"keys": keys, "count": keys.len(), "truncated": truncated}))
+}
+
+/// Sends `payload` to `op` and asserts the whole failure envelope plus both error headers.
+async fn expect_failure(
+    kv: &Harness,
+    op: &str,
+    payload: impl Into<Bytes>,
+    code: &str,
+    message: &str,
+) {
+    let payload: Bytes = payload.into();
+    let shown = String::from_utf8_lossy(&payload[..payload.len().min(120)]).into_owned();
+    let reply = kv.raw(&subject(op), payload).await;
+    assert_eq!(reply.body, failure(code, message), "{op} {shown}");
+    assert_eq!(
+        reply.error_header.as_deref(),
+        Some(message),
+        "Nats-Service-Error header for {op} {shown}"
+    );
+    assert_eq!(
+        reply.error_code_header.as_deref(),
+        Some(code),
+        "Nats-Service-Error-Code header for {op} {shown}"
+    );
+}
+
+/// Same, with a JSON body.
+async fn expect_failure_json(kv: &Harness, op: &str, body: Value, code: &str, message: &str) {
+    expect_failure(kv, op, body.to_string(), code, message).await;
+}
+
+fn missing(name: &str) -> String {
+    format!("Required field '{name}' is missing")
+}
+
+const PLUGIN_PATTERN_MESSAGE: &str =
+    "Field 'plugin_name' must match the pattern ^[a-z0-9_-]{1,100}$";
+const OPS: [&str; 4] = ["set", "get", "delete", "list"];
+
+/// A request body that is valid for `op` apart from what `patch` overrides / removes.
+fn valid_body(op: &str) -> Value {
+    match op {
+        "set" => json!({"plugin_name": "p", "key": "k", "value": 1}),
+        "get" | "delete" => json!({"plugin_name": "p", "key": "k"}),
+        "list" => json!({"plugin_name": "p"}),
+        other => panic!("unknown op {other}"),
+    }
+}
+
+fn with(mut body: Value, field: &str, value: Value) -> Value {
+    body[field] = value;
+    body
+}
+
+fn without(mut body: Value, field: &str) -> Value {
+    body.as_object_mut().expect("object").remove(field);
+    body
+}
+
+/// The text of `data.value` in a raw get reply, exactly as the service sent it.
+fn raw_value_text(reply: &[u8]) -> String {
+    let envelope: BTreeMap<String, Box<RawValue>> =
+        serde_json::from_slice(reply).expect("reply is a JSON object");
+    let data: BTreeMap<String, Box<RawValue>> =
+        serde_json::from_str(envelope["data"].get()).expect("data is a JSON object");
+    data["value"].get().to_owned()
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64
+}
+
+async fn sleep_until(at: Instant) {
+    tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
+}
+
+/// `(created_at, updated_at, expires_at)` of a row, read straight from the SQLite file.
+async fn row_times(kv: &Harness, plugin: &str, key: &str) -> Option<(i64, i64, Option<i64>)> {
+    let pool = SqlitePool::connect_with(
+        SqliteConnectOptions::new()
+            .filename(kv.db_path())
+            .read_only(true),
+    )
+    .await
+    .expect("open the service's database");
+    let row = sqlx::query_as::<_, (i64, i64, Option<i64>)>(
+        "SELECT created_at, updated_at, expires_at FROM kv WHERE plugin_name = ?1 AND key = ?2",
+    )
+    .bind(plugin)
+    .bind(key)
+    .fetch_optional(&pool)
+    .await
+    .expect("query kv");
+    pool.close().await;
+    row
+}
+
+// ------------------------------------------------------------------------------------------
+// Round trips: every JSON type keeps its type
+// ------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_then_get_round_trips() {
     let kv = Harness::start().await;
     let set = kv
-        .call("set", json!({"plugin_name": "p", "key": "k", "value": {"theme": "dark"}}))
+        .call(
+            "set",
+            json!({"plugin_name": "p", "key": "k", "value": {"theme": "dark"}}),
+        )
         .await;
     assert_eq!(set, success(json!({})));
-    let get = kv.call("get", json!({"plugin_name": "p", "key": "k"})).await;
-    assert_eq!(get, success(json!({"exists": true, "value": {"theme": "dark"}})));
+    let get = kv
+        .call("get", json!({"plugin_name": "p", "key": "k"}))
+        .await;
+    assert_eq!(
+        get,
+        success(json!({"exists": true, "value": {"theme": "dark"}}))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn zz_probe() {
+async fn object_values_round_trip() {
     let kv = Harness::start().await;
-    let bodies: Vec<(&str, &[u8])> = vec![
-        ("set", b"" as &[u8]),
-        ("set", b"\xff\xfe"),
-        ("set", b"{\"plugin_name\":\"p\",\"key\":\"k\",\"value\":1e400}"),
-        ("set", b"[]"), ("set", b"5"), ("set", b"\"s\""), ("set", b"null"), ("set", b"true"),
-        ("set", br#"{"plugin_name":"p","key":123,"value":1}"#),
-        ("set", br#"{"plugin_name":5,"key":"k","value":1}"#),
-        ("set", br#"{"plugin_name":"p","key":"k","value":1,"ttl_seconds":"5"}"#),
-        ("set", br#"{"plugin_name":"p","key":"k","value":1,"ttl_seconds":true}"#),
-        ("set", br#"{"plugin_name":"p","key":"k","value":1,"ttl_seconds":1.5}"#),
-        ("set", br#"{"plugin_name":"p","key":"k","value":1,"ttl_seconds":1.0}"#),
-        ("set", br#"{"plugin_name":"p","key":"k","value":1,"ttl_seconds":0}"#),
-        ("set", br#"{"plugin_name":"p","key":"k","value":1,"ttl_seconds":-1}"#),
-        ("set", br#"{"plugin_name":"p","key":"k","value":1,"ttl_seconds":2147483648}"#),
-        ("set", br#"{"plugin_name":"p","key":"k","value":1,"ttl_seconds":99999999999999999999}"#),
-        ("list", br#"{"plugin_name":"p","limit":0}"#),
-        ("list", br#"{"plugin_name":"p","limit":10001}"#),
-        ("list", br#"{"plugin_name":"p","limit":"5"}"#),
-        ("list", br#"{"plugin_name":"p","limit":null}"#),
-        ("list", br#"{"plugin_name":"p","prefix":5}"#),
-        ("list", br#"{"plugin_name":"p","prefix":null}"#),
-        ("set", br#"{"plugin_name":"P","key":"k","value":1}"#),
-        ("set", br#"{"plugin_name":"p\n","key":"k","value":1}"#),
-        ("set", br#"{"plugin_name":"p","key":"k\n","value":1}"#),
-        ("get", br#"{"plugin_name":"p","key":["k"]}"#),
-        ("set", br#"{"plugin_name":"p","key":"k","value":1,"ttl_seconds":null}"#),
+    let values = [
+        json!({}),
+        json!({"a": 1, "b": "two", "c": [3], "d": null, "e": false}),
+        json!({"unicode ключ 🔑": "значение", "": "empty member name"}),
     ];
-    for (op, body) in bodies {
-        let r = kv.raw(&format!("rosey.db.kv.{op}"), bytes::Bytes::copy_from_slice(body)).await;
-        println!("{op} {:?} => {} | {:?} {:?}", String::from_utf8_lossy(body), r.body, r.error_header, r.error_code_header);
+    for (i, value) in values.iter().enumerate() {
+        let key = format!("obj{i}");
+        put(&kv, "p", &key, value.clone()).await;
+        assert_eq!(get(&kv, "p", &key).await, found(value.clone()));
     }
-    let long = "a".repeat(256);
-    let r = kv.call("set", json!({"plugin_name":"p","key":long,"value":1})).await;
-    println!("{r}");
-    let r = kv.call("set", json!({"plugin_name":"a".repeat(101),"key":"k","value":1})).await;
-    println!("{r}");
-    let r = kv.call("set", json!({"plugin_name":"p","key":"k","value":"x".repeat(65535)})).await;
-    println!("{r}");
-    let r = kv.call("set", json!({"plugin_name":"p","key":"😀".repeat(256),"value":1})).await;
-    println!("{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn array_values_round_trip() {
+    let kv = Harness::start().await;
+    let values = [
+        json!([]),
+        json!([1, "two", 3.5, true, false, null, {"k": "v"}, [[]]]),
+    ];
+    for (i, value) in values.iter().enumerate() {
+        let key = format!("arr{i}");
+        put(&kv, "p", &key, value.clone()).await;
+        assert_eq!(get(&kv, "p", &key).await, found(value.clone()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn string_values_round_trip() {
+    let kv = Harness::start().await;
+    let values = [
+        "",
+        "hello",
+        "with \"quotes\" and \\ backslash",
+        "tabs\tand\nnewlines\r\n",
+        "émoji 😀 and CJK 中文",
+        "null",
+        "123",
+        "\u{0}\u{1f}",
+    ];
+    for (i, value) in values.iter().enumerate() {
+        let key = format!("s{i}");
+        put(&kv, "p", &key, json!(value)).await;
+        assert_eq!(
+            get(&kv, "p", &key).await,
+            found(json!(value)),
+            "string {value:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integer_values_round_trip() {
+    let kv = Harness::start().await;
+    let values = [
+        json!(0),
+        json!(42),
+        json!(-7),
+        json!(i64::MIN),
+        json!(i64::MAX),
+        json!(u64::MAX),
+    ];
+    for (i, value) in values.iter().enumerate() {
+        let key = format!("i{i}");
+        put(&kv, "p", &key, value.clone()).await;
+        let reply = get(&kv, "p", &key).await;
+        assert_eq!(reply, found(value.clone()));
+        assert!(reply["data"]["value"].is_i64() || reply["data"]["value"].is_u64());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn float_values_round_trip() {
+    let kv = Harness::start().await;
+    let values = [
+        json!(3.25),
+        json!(-0.5),
+        json!(1e-7),
+        json!(6.02e23),
+        json!(0.1),
+    ];
+    for (i, value) in values.iter().enumerate() {
+        let key = format!("f{i}");
+        put(&kv, "p", &key, value.clone()).await;
+        let reply = get(&kv, "p", &key).await;
+        assert_eq!(reply, found(value.clone()));
+        assert!(reply["data"]["value"].is_f64(), "{value} stays a float");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boolean_values_round_trip() {
+    let kv = Harness::start().await;
+    put(&kv, "p", "t", json!(true)).await;
+    put(&kv, "p", "f", json!(false)).await;
+    assert_eq!(get(&kv, "p", "t").await, found(json!(true)));
+    assert_eq!(get(&kv, "p", "f").await, found(json!(false)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn null_value_is_stored_and_returned() {
+    let kv = Harness::start().await;
+    put(&kv, "p", "n", Value::Null).await;
+    let reply = get(&kv, "p", "n").await;
+    // `"value": null` present, exists true: not the same as a missing key.
+    assert_eq!(reply, success(json!({"exists": true, "value": null})));
+    assert!(reply["data"].as_object().unwrap().contains_key("value"));
+    let raw = kv
+        .raw_payload(
+            &subject("get"),
+            json!({"plugin_name": "p", "key": "n"}).to_string(),
+        )
+        .await;
+    assert_eq!(raw_value_text(&raw), "null");
+    assert_eq!(
+        list(&kv, json!({"plugin_name": "p"})).await,
+        listing(&["n"], false)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nested_values_round_trip() {
+    let kv = Harness::start().await;
+    let value = json!({
+        "level1": {
+            "level2": {
+                "level3": [1, {"level4": [null, true, "deep", {"level5": {"x": -1.5}}]}]
+            }
+        },
+        "list": [[1, 2], [3, [4, [5, []]]]]
+    });
+    put(&kv, "p", "nested", value.clone()).await;
+    assert_eq!(get(&kv, "p", "nested").await, found(value));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_integers_and_decimal_text_are_preserved_exactly() {
+    let kv = Harness::start().await;
+    let numbers = [
+        "12345678901234567890",
+        "123456789012345678901234567890",
+        "-98765432109876543210",
+        "0.1000000000000000055511151231257827",
+        "1.50",
+        "1E+2",
+        "-0.0",
+        "3.141592653589793238462643383279",
+    ];
+    for (i, number) in numbers.iter().enumerate() {
+        let key = format!("n{i}");
+        let body = format!(r#"{{"plugin_name":"p","key":"{key}","value":{number}}}"#);
+        let reply = kv.raw(&subject("set"), body).await;
+        assert_eq!(reply.body, success(json!({})), "set {number}");
+        let raw = kv
+            .raw_payload(
+                &subject("get"),
+                json!({"plugin_name": "p", "key": key}).to_string(),
+            )
+            .await;
+        let text = String::from_utf8(raw.to_vec()).expect("UTF-8 reply");
+        assert!(
+            text.contains(number),
+            "reply {text} must contain {number} verbatim"
+        );
+        assert_eq!(raw_value_text(&raw), *number, "value text of {number}");
+    }
+    // And the big integer still compares equal as a JSON number.
+    let reply = get(&kv, "p", "n0").await;
+    assert_eq!(reply, found(json!(12345678901234567890_u64)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whitespace_is_compacted_but_string_contents_are_kept() {
+    let kv = Harness::start().await;
+    // Whitespace between tokens goes; whitespace, escaped quotes and escaped backslashes inside
+    // strings stay exactly as sent.
+    let sent = "{ \"a\" :  [ 1 ,\n 2 ]\t, \"s\" : \"  x \\\" y  \", \"b\" : \"ends with \\\\\", \"c\" : \" } \" }";
+    let expected = r#"{"a":[1,2],"s":"  x \" y  ","b":"ends with \\","c":" } "}"#;
+    let body = format!(r#"{{"plugin_name":"p","key":"ws","value":{sent}}}"#);
+    assert_eq!(kv.raw(&subject("set"), body).await.body, success(json!({})));
+    let raw = kv
+        .raw_payload(
+            &subject("get"),
+            json!({"plugin_name": "p", "key": "ws"}).to_string(),
+        )
+        .await;
+    assert_eq!(raw_value_text(&raw), expected);
+    assert_eq!(
+        get(&kv, "p", "ws").await,
+        found(json!({"a": [1, 2], "s": "  x \" y  ", "b": "ends with \\", "c": " } "}))
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// TTL
+// ------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_key_is_visible_then_invisible_to_get_list_and_delete() {
+    let kv = Harness::start().await;
+    put(&kv, "p", "keep", json!("forever")).await;
+    put_ttl(&kv, "p", "temp", json!({"v": 1}), 1).await;
+    let replied = Instant::now();
+    assert_eq!(get(&kv, "p", "temp").await, found(json!({"v": 1})));
+    assert_eq!(
+        list(&kv, json!({"plugin_name": "p"})).await,
+        listing(&["keep", "temp"], false)
+    );
+
+    sleep_until(replied + Duration::from_millis(1100)).await;
+    assert_eq!(get(&kv, "p", "temp").await, absent());
+    assert_eq!(
+        list(&kv, json!({"plugin_name": "p"})).await,
+        listing(&["keep"], false)
+    );
+    assert_eq!(delete(&kv, "p", "temp").await, deleted(false));
+    // Not purged (purge interval is 300 s): the row is still in the file, just invisible.
+    assert!(row_times(&kv, "p", "temp").await.is_some());
+    assert_eq!(get(&kv, "p", "keep").await, found(json!("forever")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_has_millisecond_precision() {
+    let kv = Harness::start().await;
+    let wall_before = now_ms();
+    let sent = Instant::now();
+    put_ttl(&kv, "p", "k", json!("v"), 1).await;
+    let replied = Instant::now();
+    let wall_after = now_ms();
+
+    // Stored expiry is exactly 1000 ms after the write, in milliseconds (not whole seconds).
+    let (created, updated, expires) = row_times(&kv, "p", "k").await.expect("row exists");
+    let expires = expires.expect("expires_at set");
+    assert_eq!(created, updated);
+    assert_eq!(expires - updated, 1000, "ttl 1 s = 1000 ms");
+    assert!(
+        (wall_before + 1000..=wall_after + 1000).contains(&expires),
+        "expires_at {expires} within [{}, {}]",
+        wall_before + 1000,
+        wall_after + 1000
+    );
+
+    // Still live at ~800 ms…
+    sleep_until(sent + Duration::from_millis(800)).await;
+    let live = get(&kv, "p", "k").await;
+    let live_at = sent.elapsed();
+    assert_eq!(live, found(json!("v")), "live at {live_at:?}");
+    // …gone by ~1100 ms.
+    sleep_until(replied + Duration::from_millis(1100)).await;
+    assert_eq!(
+        get(&kv, "p", "k").await,
+        absent(),
+        "gone at {:?}",
+        sent.elapsed()
+    );
+    println!("ttl precision: live at {live_at:?}, gone at ~1100 ms");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_without_ttl_clears_the_expiry() {
+    let kv = Harness::start().await;
+    put_ttl(&kv, "p", "k", json!("old"), 1).await;
+    put(&kv, "p", "k", json!("new")).await;
+    let replied = Instant::now();
+    let (_, _, expires) = row_times(&kv, "p", "k").await.expect("row");
+    assert_eq!(expires, None, "set without ttl clears expires_at");
+    // `"ttl_seconds": null` also means never.
+    put_ttl(&kv, "p", "n", json!(1), 1).await;
+    let reply = kv
+        .call(
+            "set",
+            json!({"plugin_name": "p", "key": "n", "value": 2, "ttl_seconds": null}),
+        )
+        .await;
+    assert_eq!(reply, success(json!({})));
+
+    sleep_until(replied + Duration::from_millis(1150)).await;
+    assert_eq!(get(&kv, "p", "k").await, found(json!("new")));
+    assert_eq!(get(&kv, "p", "n").await, found(json!(2)));
+    assert_eq!(
+        list(&kv, json!({"plugin_name": "p"})).await,
+        listing(&["k", "n"], false)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_with_a_new_ttl_replaces_the_old_one() {
+    let kv = Harness::start().await;
+    // Longer replaces shorter…
+    put_ttl(&kv, "p", "longer", json!(1), 1).await;
+    put_ttl(&kv, "p", "longer", json!(2), 30).await;
+    // …and shorter replaces longer.
+    put_ttl(&kv, "p", "shorter", json!(1), 3600).await;
+    put_ttl(&kv, "p", "shorter", json!(2), 1).await;
+    let replied = Instant::now();
+    let (_, updated, expires) = row_times(&kv, "p", "longer").await.expect("row");
+    assert_eq!(expires, Some(updated + 30_000));
+
+    sleep_until(replied + Duration::from_millis(1150)).await;
+    assert_eq!(get(&kv, "p", "longer").await, found(json!(2)));
+    assert_eq!(get(&kv, "p", "shorter").await, absent());
+    assert_eq!(
+        list(&kv, json!({"plugin_name": "p"})).await,
+        listing(&["longer"], false)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_maximum_2147483647_is_accepted() {
+    let kv = Harness::start().await;
+    put_ttl(&kv, "p", "k", json!("long"), 2_147_483_647).await;
+    assert_eq!(get(&kv, "p", "k").await, found(json!("long")));
+    let (_, updated, expires) = row_times(&kv, "p", "k").await.expect("row");
+    assert_eq!(expires, Some(updated + 2_147_483_647_000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_truncated_counts_only_live_keys() {
+    let kv = Harness::start().await;
+    for key in ["a", "b", "c"] {
+        put(&kv, "p", key, json!(key)).await;
+    }
+    put_ttl(&kv, "p", "d", json!("d"), 1).await;
+    let replied = Instant::now();
+    assert_eq!(
+        list(&kv, json!({"plugin_name": "p", "limit": 3})).await,
+        listing(&["a", "b", "c"], true)
+    );
+    sleep_until(replied + Duration::from_millis(1100)).await;
+    assert_eq!(
+        list(&kv, json!({"plugin_name": "p", "limit": 3})).await,
+        listing(&["a", "b", "c"], false)
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// Upsert and timestamps
+// ------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upsert_replaces_value_keeps_created_at_and_moves_updated_at() {
+    let kv = Harness::start().await;
+    put(&kv, "p", "k", json!({"version": 1})).await;
+    let (created1, updated1, expires1) = row_times(&kv, "p", "k").await.expect("row");
+    assert_eq!(created1, updated1);
+    assert_eq!(expires1, None);
+
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    put(&kv, "p", "k", json!(["version", 2])).await;
+    assert_eq!(get(&kv, "p", "k").await, found(json!(["version", 2])));
+    let (created2, updated2, _) = row_times(&kv, "p", "k").await.expect("row");
+    assert_eq!(created2, created1, "created_at survives an upsert");
+    assert!(
+        updated2 >= updated1 + 30,
+        "updated_at moves: {updated1} -> {updated2}"
+    );
+
+    // Still one key, not two.
+    assert_eq!(
+        list(&kv, json!({"plugin_name": "p"})).await,
+        listing(&["k"], false)
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// Isolation
+// ------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_are_isolated_for_get_list_and_delete() {
+    let kv = Harness::start().await;
+    put(&kv, "alpha", "shared", json!("alpha's")).await;
+    put(&kv, "alpha", "only-alpha", json!(1)).await;
+    put(&kv, "beta", "shared", json!("beta's")).await;
+
+    // get
+    assert_eq!(get(&kv, "alpha", "shared").await, found(json!("alpha's")));
+    assert_eq!(get(&kv, "beta", "shared").await, found(json!("beta's")));
+    assert_eq!(get(&kv, "beta", "only-alpha").await, absent());
+    assert_eq!(get(&kv, "gamma", "shared").await, absent());
+    // list
+    assert_eq!(
+        list(&kv, json!({"plugin_name": "alpha"})).await,
+        listing(&["only-alpha", "shared"], false)
+    );
+    assert_eq!(
+        list(&kv, json!({"plugin_name": "beta"})).await,
+        listing(&["shared"], false)
+    );
+    assert_eq!(
+        list(&kv, json!({"plugin_name": "gamma"})).await,
+        listing::<&str>(&[], false)
+    );
+    // delete
+    assert_eq!(delete(&kv, "beta", "only-alpha").await, deleted(false));
+    assert_eq!(get(&kv, "alpha", "only-alpha").await, found(json!(1)));
+    assert_eq!(delete(&kv, "beta", "shared").await, deleted(true));
+    assert_eq!(get(&kv, "beta", "shared").await, absent());
+    assert_eq!(get(&kv, "alpha", "shared").await, found(json!("alpha's")));
+    // A plugin whose name is a prefix of another's sees nothing of it.
+    put(&kv, "alph", "x", json!(0)).await;
+    assert_eq!(
+        list(&kv, json!({"plugin_name": "alph"})).await,
+        listing(&["x"], false)
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// list
+// ------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_returns_keys_in_ascending_utf8_byte_order() {
+    let kv = Harness::start().await;
+    for key in [
+        "z", "é", "a", "~", "B", "aa", "😀", "中", "A", "0", "a b", "ÿ",
+    ] {
+        put(&kv, "p", key, json!(key)).await;
+    }
+    let expected = [
+        "0", "A", "B", "a", "a b", "aa", "z", "~", "é", "ÿ", "中", "😀",
+    ];
+    // The literal above is byte order (no locale collation, no case folding).
+    let mut by_bytes = expected.to_vec();
+    by_bytes.sort_by(|x, y| x.as_bytes().cmp(y.as_bytes()));
+    assert_eq!(by_bytes, expected);
+    assert_eq!(
+        list(&kv, json!({"plugin_name": "p"})).await,
+        listing(&expected, false)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_limit_and_truncated() {
+    let kv = Harness::start().await;
+    let keys = ["k1", "k2", "k3", "k4", "k5"];
+    for key in keys {
+        put(&kv, "p", key, json!(key)).await;
+    }
+    let cases: [(u32, &[&str], bool); 5] = [
+        (1, &keys[..1], true),
+        (2, &keys[..2], true),
+        (4, &keys[..4], true),
+        (5, &keys[..], false), // limit equal to count → not truncated
+        (6, &keys[..], false),
+    ];
+    for (limit, expected, truncated) in cases {
+        assert_eq!(
+            list(&kv, json!({"plugin_name": "p", "limit": limit})).await,
+            listing(expected, truncated),
+            "limit {limit}"
+        );
+    }
+    // With a prefix, truncated counts only matching keys.
+    put(&kv, "p", "other", json!(0)).await;
+    assert_eq!(
+        list(&kv, json!({"plugin_name": "p", "prefix": "k", "limit": 5})).await,
+        listing(&keys, false)
+    );
+    assert_eq!(
+        list(&kv, json!({"plugin_name": "p", "prefix": "o", "limit": 1})).await,
+        listing(&["other"], false)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_default_limit_is_1000() {
+    let kv = Harness::start().await;
+    let keys: Vec<String> = (0..1001).map(|i| format!("key-{i:04}")).collect();
+    let replies: Vec<Value> = futures_util::stream::iter(keys.iter())
+        .map(|key| kv.call("set", json!({"plugin_name": "p", "key": key, "value": key})))
+        .buffer_unordered(128)
+        .collect()
+        .await;
+    assert_eq!(replies.len(), 1001);
+    for reply in &replies {
+        assert_eq!(*reply, success(json!({})));
+    }
+    assert_eq!(
+        list(&kv, json!({"plugin_name": "p"})).await,
+        listing(&keys[..1000], true)
+    );
+    assert_eq!(
+        list(&kv, json!({"plugin_name": "p", "limit": 1001})).await,
+        listing(&keys, false)
+    );
+    assert_eq!(
+        list(&kv, json!({"plugin_name": "p", "limit": 10000})).await,
+        listing(&keys, false)
+    );
+    assert_eq!(
+        list(&kv, json!({"plugin_name": "p", "limit": 1000})).await,
+        listing(&keys[..1000], true)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_prefix_treats_percent_and_underscore_literally() {
+    let kv = Harness::start().await;
+    for key in ["a%b", "axb", "a_c", "abc", "a\\d", "zzz"] {
+        put(&kv, "p", key, json!(key)).await;
+    }
+    let cases: [(&str, &[&str]); 6] = [
+        ("a%", &["a%b"]),
+        ("a_", &["a_c"]),
+        ("%", &[]),
+        ("_", &[]),
+        ("a\\", &["a\\d"]),
+        ("a", &["a%b", "a\\d", "a_c", "abc", "axb"]),
+    ];
+    for (prefix, expected) in cases {
+        assert_eq!(
+            list(&kv, json!({"plugin_name": "p", "prefix": prefix})).await,
+            listing(expected, false),
+            "prefix {prefix:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_prefix_is_case_sensitive() {
+    let kv = Harness::start().await;
+    for key in ["Apple", "apple", "APPLE", "apricot", "Banana"] {
+        put(&kv, "p", key, json!(key)).await;
+    }
+    let cases: [(&str, &[&str]); 4] = [
+        ("ap", &["apple", "apricot"]),
+        ("A", &["APPLE", "Apple"]),
+        ("Ap", &["Apple"]),
+        ("b", &[]),
+    ];
+    for (prefix, expected) in cases {
+        assert_eq!(
+            list(&kv, json!({"plugin_name": "p", "prefix": prefix})).await,
+            listing(expected, false),
+            "prefix {prefix:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_with_empty_absent_or_null_prefix_lists_everything() {
+    let kv = Harness::start().await;
+    for key in ["b", "a", "c"] {
+        put(&kv, "p", key, json!(key)).await;
+    }
+    let all = listing(&["a", "b", "c"], false);
+    assert_eq!(
+        list(&kv, json!({"plugin_name": "p", "prefix": ""})).await,
+        all
+    );
+    assert_eq!(list(&kv, json!({"plugin_name": "p"})).await, all);
+    assert_eq!(
+        list(&kv, json!({"plugin_name": "p", "prefix": null})).await,
+        all
+    );
+    assert_eq!(
+        list(&kv, json!({"plugin_name": "p", "limit": null})).await,
+        all
+    );
+    // A plugin with no keys.
+    assert_eq!(
+        list(&kv, json!({"plugin_name": "empty"})).await,
+        listing::<&str>(&[], false)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_prefix_with_unicode() {
+    let kv = Harness::start().await;
+    for key in [
+        "日本語",
+        "日本",
+        "日曜日",
+        "中文",
+        "日",
+        "😀a",
+        "😀b",
+        "😁",
+        "é1",
+        "e1",
+    ] {
+        put(&kv, "p", key, json!(key)).await;
+    }
+    let cases: [(&str, &[&str]); 5] = [
+        ("日本", &["日本", "日本語"]),
+        ("日", &["日", "日曜日", "日本", "日本語"]), // 曜 U+66DC < 本 U+672C
+        ("😀", &["😀a", "😀b"]),
+        ("é", &["é1"]),
+        ("e", &["e1"]),
+    ];
+    for (prefix, expected) in cases {
+        assert_eq!(
+            list(&kv, json!({"plugin_name": "p", "prefix": prefix})).await,
+            listing(expected, false),
+            "prefix {prefix:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_prefix_at_the_top_code_points() {
+    let kv = Harness::start().await;
+    let top = "\u{10FFFF}";
+    let keys = [
+        format!("{top}"),
+        format!("{top}x"),
+        format!("{top}{top}"),
+        "\u{10FFFE}".to_owned(),
+        "\u{D7FF}a".to_owned(),
+        "\u{E000}".to_owned(),
+        format!("a{top}"),
+        "b".to_owned(),
+    ];
+    for key in &keys {
+        put(&kv, "p", key, json!(1)).await;
+    }
+    let cases: Vec<(String, Vec<String>)> = vec![
+        (
+            top.to_owned(),
+            vec![keys[0].clone(), keys[1].clone(), keys[2].clone()],
+        ),
+        (format!("{top}{top}"), vec![keys[2].clone()]),
+        ("\u{D7FF}".to_owned(), vec![keys[4].clone()]),
+        (format!("a{top}"), vec![keys[6].clone()]),
+        ("a".to_owned(), vec![keys[6].clone()]),
+    ];
+    for (prefix, expected) in cases {
+        assert_eq!(
+            list(&kv, json!({"plugin_name": "p", "prefix": prefix})).await,
+            listing(&expected, false),
+            "prefix {prefix:?}"
+        );
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Unicode keys and key length
+// ------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unicode_keys_set_get_list() {
+    let kv = Harness::start().await;
+    let keys = ["🔑🎉", "键值存储", "キー", "clé-ü", "ключ", "👨‍👩‍👧"];
+    for (i, key) in keys.iter().enumerate() {
+        put(&kv, "p", key, json!({"i": i})).await;
+    }
+    for (i, key) in keys.iter().enumerate() {
+        assert_eq!(
+            get(&kv, "p", key).await,
+            found(json!({"i": i})),
+            "key {key}"
+        );
+    }
+    let mut sorted = keys.to_vec();
+    sorted.sort();
+    assert_eq!(
+        list(&kv, json!({"plugin_name": "p"})).await,
+        listing(&sorted, false)
+    );
+    assert_eq!(delete(&kv, "p", "键值存储").await, deleted(true));
+    assert_eq!(get(&kv, "p", "键值存储").await, absent());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_of_255_characters_is_accepted_and_256_rejected() {
+    let kv = Harness::start().await;
+    let ok = "k".repeat(255);
+    put(&kv, "p", &ok, json!("max")).await;
+    assert_eq!(get(&kv, "p", &ok).await, found(json!("max")));
+    assert_eq!(
+        list(&kv, json!({"plugin_name": "p"})).await,
+        listing(&[&ok], false)
+    );
+
+    let long = "k".repeat(256);
+    let message = "Field 'key' must be at most 255 characters long";
+    for op in ["set", "get", "delete"] {
+        let body = with(valid_body(op), "key", json!(long));
+        expect_failure_json(&kv, op, body, "VALIDATION_ERROR", message).await;
+    }
+    assert_eq!(delete(&kv, "p", &ok).await, deleted(true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_length_counts_characters_not_bytes() {
+    let kv = Harness::start().await;
+    let emoji = "😀".repeat(255); // 1020 bytes, 255 characters
+    put(&kv, "p", &emoji, json!("emoji")).await;
+    assert_eq!(get(&kv, "p", &emoji).await, found(json!("emoji")));
+    let accented = "é".repeat(255); // 510 bytes
+    put(&kv, "p", &accented, json!("accented")).await;
+    assert_eq!(get(&kv, "p", &accented).await, found(json!("accented")));
+
+    let message = "Field 'key' must be at most 255 characters long";
+    for long in ["😀".repeat(256), "é".repeat(256)] {
+        let body = json!({"plugin_name": "p", "key": long, "value": 1});
+        expect_failure_json(&kv, "set", body, "VALIDATION_ERROR", message).await;
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// INVALID_JSON
+// ------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_body_is_invalid_json_on_every_op() {
+    let kv = Harness::start().await;
+    for op in OPS {
+        expect_failure(
+            &kv,
+            op,
+            Bytes::new(),
+            "INVALID_JSON",
+            "Invalid JSON: EOF while parsing a value at line 1 column 0",
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_json_is_invalid_json() {
+    let kv = Harness::start().await;
+    let bodies: [&str; 9] = [
+        "{",
+        "not json",
+        "{'plugin_name': 'p'}",
+        r#"{"plugin_name": "p", "key": "k",}"#,
+        r#"{"plugin_name": "p"} trailing"#,
+        r#"{"plugin_name": "p", "key": "k", "value": }"#,
+        r#"{"plugin_name": "p", "key": "k", "value": undefined}"#,
+        "   ",
+        "{\"plugin_name\": \"p\", \"key\": \"k\", \"value\": NaN}",
+    ];
+    for op in OPS {
+        for body in bodies {
+            let reply = kv.raw(&subject(op), body).await;
+            assert_eq!(reply.body["success"], json!(false), "{op} {body}");
+            assert_eq!(
+                reply.body["error"]["code"],
+                json!("INVALID_JSON"),
+                "{op} {body}"
+            );
+            let message = reply.body["error"]["message"].as_str().expect("message");
+            assert!(
+                message.starts_with("Invalid JSON: "),
+                "{op} {body}: {message}"
+            );
+            assert!(
+                message.len() > "Invalid JSON: ".len(),
+                "carries parser detail"
+            );
+            // Exactly the two envelope members, exactly two error members.
+            assert_eq!(reply.body, failure("INVALID_JSON", message));
+            assert_eq!(reply.error_header.as_deref(), Some(message));
+            assert_eq!(reply.error_code_header.as_deref(), Some("INVALID_JSON"));
+        }
+    }
+    // One pinned in full.
+    expect_failure(
+        &kv,
+        "set",
+        "{",
+        "INVALID_JSON",
+        "Invalid JSON: EOF while parsing an object at line 1 column 1",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_utf8_is_invalid_json() {
+    let kv = Harness::start().await;
+    for op in OPS {
+        expect_failure(
+            &kv,
+            op,
+            Bytes::from_static(b"\xff\xfe"),
+            "INVALID_JSON",
+            "Invalid JSON: body is not valid UTF-8 (invalid byte at offset 0)",
+        )
+        .await;
+    }
+    // A bad byte inside an otherwise fine JSON string.
+    let mut body = br#"{"plugin_name":"p","key":"k"#.to_vec();
+    body.push(0xC3); // truncated two-byte sequence
+    body.extend_from_slice(br#"","value":1}"#);
+    expect_failure(
+        &kv,
+        "set",
+        body,
+        "INVALID_JSON",
+        "Invalid JSON: body is not valid UTF-8 (invalid byte at offset 27)",
+    )
+    .await;
+    // Nothing was stored.
+    assert_eq!(
+        list(&kv, json!({"plugin_name": "p"})).await,
+        listing::<&str>(&[], false)
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// Non-object bodies
+// ------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_object_bodies_are_validation_errors() {
+    let kv = Harness::start().await;
+    let cases = [
+        ("[]", "array"),
+        (r#"[{"plugin_name":"p","key":"k","value":1}]"#, "array"),
+        ("5", "number"),
+        ("-1.5", "number"),
+        (r#""s""#, "string"),
+        ("null", "null"),
+        ("true", "boolean"),
+        ("false", "boolean"),
+    ];
+    for op in OPS {
+        for (body, kind) in cases {
+            expect_failure(
+                &kv,
+                op,
+                body,
+                "VALIDATION_ERROR",
+                &format!("Request body must be a JSON object, got {kind}"),
+            )
+            .await;
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// MISSING_FIELD
+// ------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_plugin_name_absent_null_or_empty_on_every_op() {
+    let kv = Harness::start().await;
+    for op in OPS {
+        let base = valid_body(op);
+        for body in [
+            without(base.clone(), "plugin_name"),
+            with(base.clone(), "plugin_name", Value::Null),
+            with(base.clone(), "plugin_name", json!("")),
+        ] {
+            expect_failure_json(&kv, op, body, "MISSING_FIELD", &missing("plugin_name")).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_key_absent_null_or_empty_on_set_get_delete() {
+    let kv = Harness::start().await;
+    for op in ["set", "get", "delete"] {
+        let base = valid_body(op);
+        for body in [
+            without(base.clone(), "key"),
+            with(base.clone(), "key", Value::Null),
+            with(base.clone(), "key", json!("")),
+        ] {
+            expect_failure_json(&kv, op, body, "MISSING_FIELD", &missing("key")).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_value_only_when_absent() {
+    let kv = Harness::start().await;
+    expect_failure_json(
+        &kv,
+        "set",
+        json!({"plugin_name": "p", "key": "k"}),
+        "MISSING_FIELD",
+        &missing("value"),
+    )
+    .await;
+    assert_eq!(get(&kv, "p", "k").await, absent());
+    // null and "" are values, not missing.
+    put(&kv, "p", "null", Value::Null).await;
+    put(&kv, "p", "empty", json!("")).await;
+    assert_eq!(get(&kv, "p", "null").await, found(Value::Null));
+    assert_eq!(get(&kv, "p", "empty").await, found(json!("")));
+}
+
+// ------------------------------------------------------------------------------------------
+// Precedence
+// ------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_field_wins_over_validation_error() {
+    let kv = Harness::start().await;
+    let cases = [
+        // bad plugin_name pattern + missing key → MISSING_FIELD key
+        ("set", json!({"plugin_name": "Bad Name", "value": 1}), "key"),
+        ("get", json!({"plugin_name": "Bad Name"}), "key"),
+        (
+            "delete",
+            json!({"plugin_name": "Bad Name", "key": null}),
+            "key",
+        ),
+        // wrong-typed plugin_name + empty key
+        (
+            "set",
+            json!({"plugin_name": 5, "key": "", "value": 1}),
+            "key",
+        ),
+        // wrong-typed key + missing value
+        ("set", json!({"plugin_name": "p", "key": 123}), "value"),
+        // bad ttl + missing value
+        (
+            "set",
+            json!({"plugin_name": "p", "key": "k", "ttl_seconds": 0}),
+            "value",
+        ),
+        // bad limit/prefix + missing plugin_name
+        ("list", json!({"limit": 0, "prefix": 5}), "plugin_name"),
+        // 256-char key + missing value
+        (
+            "set",
+            json!({"plugin_name": "p", "key": "k".repeat(256)}),
+            "value",
+        ),
+    ];
+    for (op, body, field) in cases {
+        expect_failure_json(&kv, op, body, "MISSING_FIELD", &missing(field)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_fields_are_reported_plugin_name_then_key_then_value() {
+    let kv = Harness::start().await;
+    let cases = [
+        ("set", json!({}), "plugin_name"),
+        ("set", json!({"value": 1}), "plugin_name"),
+        ("set", json!({"key": "k"}), "plugin_name"),
+        (
+            "set",
+            json!({"plugin_name": null, "key": null, "value": 1}),
+            "plugin_name",
+        ),
+        ("set", json!({"plugin_name": "p"}), "key"),
+        ("set", json!({"plugin_name": "p", "key": ""}), "key"),
+        ("set", json!({"plugin_name": "p", "key": "k"}), "value"),
+        ("get", json!({}), "plugin_name"),
+        ("delete", json!({"key": ""}), "plugin_name"),
+        ("list", json!({}), "plugin_name"),
+    ];
+    for (op, body, field) in cases {
+        expect_failure_json(&kv, op, body, "MISSING_FIELD", &missing(field)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validation_error_wins_over_value_too_large() {
+    let kv = Harness::start().await;
+    let huge = "x".repeat(70_000);
+    let cases = [
+        (
+            json!({"plugin_name": "p", "key": "k", "value": huge, "ttl_seconds": 0}),
+            "Field 'ttl_seconds' must be >= 1",
+        ),
+        (
+            json!({"plugin_name": "UPPER", "key": "k", "value": huge}),
+            PLUGIN_PATTERN_MESSAGE,
+        ),
+        (
+            json!({"plugin_name": "p", "key": "k".repeat(256), "value": huge}),
+            "Field 'key' must be at most 255 characters long",
+        ),
+        (
+            json!({"plugin_name": "p", "key": 1, "value": huge}),
+            "Field 'key' must be of type string",
+        ),
+    ];
+    for (body, message) in cases {
+        expect_failure_json(&kv, "set", body, "VALIDATION_ERROR", message).await;
+    }
+    // Huge value + missing key → MISSING_FIELD beats both.
+    expect_failure_json(
+        &kv,
+        "set",
+        json!({"plugin_name": "p", "value": huge}),
+        "MISSING_FIELD",
+        &missing("key"),
+    )
+    .await;
+    assert_eq!(
+        list(&kv, json!({"plugin_name": "p"})).await,
+        listing::<&str>(&[], false)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_json_and_non_object_come_first() {
+    let kv = Harness::start().await;
+    // Syntax error anywhere beats every field rule.
+    for op in OPS {
+        let reply = kv
+            .raw(
+                &subject(op),
+                r#"{"plugin_name": 5, "key": "", "ttl_seconds": 0, "limit": 0,"#,
+            )
+            .await;
+        let message = reply.body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(message.starts_with("Invalid JSON: "), "{op}: {message}");
+        assert_eq!(reply.body, failure("INVALID_JSON", &message), "{op}");
+        assert_eq!(reply.error_code_header.as_deref(), Some("INVALID_JSON"));
+    }
+    // Invalid UTF-8 inside an otherwise rule-breaking object is still INVALID_JSON.
+    let mut body = br#"{"plugin_name":"BAD","key":""#.to_vec();
+    body.push(0xFF);
+    body.extend_from_slice(br#""}"#);
+    expect_failure(
+        &kv,
+        "get",
+        body,
+        "INVALID_JSON",
+        "Invalid JSON: body is not valid UTF-8 (invalid byte at offset 28)",
+    )
+    .await;
+    // A non-object body beats MISSING_FIELD.
+    expect_failure(
+        &kv,
+        "set",
+        "[]",
+        "VALIDATION_ERROR",
+        "Request body must be a JSON object, got array",
+    )
+    .await;
+}
+
+// ------------------------------------------------------------------------------------------
+// VALIDATION_ERROR: wrong types and ranges
+// ------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_types_for_key_and_plugin_name() {
+    let kv = Harness::start().await;
+    for op in OPS {
+        let base = valid_body(op);
+        for bad in [json!(5), json!(true), json!(["p"]), json!({"p": 1})] {
+            expect_failure_json(
+                &kv,
+                op,
+                with(base.clone(), "plugin_name", bad),
+                "VALIDATION_ERROR",
+                "Field 'plugin_name' must be of type string",
+            )
+            .await;
+        }
+        if op != "list" {
+            for bad in [
+                json!(123),
+                json!(1.5),
+                json!(false),
+                json!(["k"]),
+                json!({}),
+            ] {
+                expect_failure_json(
+                    &kv,
+                    op,
+                    with(base.clone(), "key", bad),
+                    "VALIDATION_ERROR",
+                    "Field 'key' must be of type string",
+                )
+                .await;
+            }
+        }
+    }
+    // Nothing was stored under a stringified key.
+    assert_eq!(get(&kv, "p", "123").await, absent());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_seconds_wrong_types_and_out_of_range() {
+    let kv = Harness::start().await;
+    let type_message = "Field 'ttl_seconds' must be of type integer or null";
+    let cases: [(&str, &str); 9] = [
+        ("\"5\"", type_message),
+        ("true", type_message),
+        ("1.5", type_message),
+        ("[1]", type_message),
+        ("{}", type_message),
+        ("0", "Field 'ttl_seconds' must be >= 1"),
+        ("-1", "Field 'ttl_seconds' must be >= 1"),
+        ("2147483648", "Field 'ttl_seconds' must be <= 2147483647"),
+        (
+            "99999999999999999999",
+            "Field 'ttl_seconds' must be <= 2147483647",
+        ),
+    ];
+    for (ttl, message) in cases {
+        let body = format!(r#"{{"plugin_name":"p","key":"k","value":1,"ttl_seconds":{ttl}}}"#);
+        expect_failure(&kv, "set", body, "VALIDATION_ERROR", message).await;
+    }
+    assert_eq!(get(&kv, "p", "k").await, absent());
+    // Bounds that are accepted.
+    put_ttl(&kv, "p", "one", json!(1), 1).await;
+    put_ttl(&kv, "p", "max", json!(2), 2_147_483_647).await;
+    assert_eq!(get(&kv, "p", "max").await, found(json!(2)));
+}
+
+/// `1.0` passes the schema's `integer` type (JSON Schema counts it as an integer) but not the
+/// `u32` field, so it is rejected after validation. The code is right; the contract also asks that
+/// a VALIDATION_ERROR message "names the field and the rule", like every other field error
+/// ("Field '<name>' ...").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integral_floats_for_ttl_and_limit_are_rejected_naming_the_field() {
+    // JSON Schema counts `1.0` as an integer; the contract's integers do not.
+    let kv = Harness::start().await;
+    let cases = [
+        (
+            "set",
+            r#"{"plugin_name":"p","key":"k","value":1,"ttl_seconds":1.0}"#,
+            "Field 'ttl_seconds' must be of type integer or null",
+        ),
+        (
+            "set",
+            r#"{"plugin_name":"p","key":"k","value":1,"ttl_seconds":1e1}"#,
+            "Field 'ttl_seconds' must be of type integer or null",
+        ),
+        (
+            "list",
+            r#"{"plugin_name":"p","limit":5.0}"#,
+            "Field 'limit' must be of type integer or null",
+        ),
+    ];
+    for (op, body, message) in cases {
+        let reply = kv.raw(&subject(op), body).await;
+        assert_eq!(
+            reply.body,
+            failure("VALIDATION_ERROR", message),
+            "{op} {body}"
+        );
+        assert_eq!(reply.error_header.as_deref(), Some(message));
+        assert_eq!(reply.error_code_header.as_deref(), Some("VALIDATION_ERROR"));
+    }
+    assert_eq!(get(&kv, "p", "k").await, absent());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_limit_wrong_types_and_out_of_range() {
+    let kv = Harness::start().await;
+    let type_message = "Field 'limit' must be of type integer or null";
+    let cases: [(Value, &str); 8] = [
+        (json!(0), "Field 'limit' must be >= 1"),
+        (json!(-5), "Field 'limit' must be >= 1"),
+        (json!(10001), "Field 'limit' must be <= 10000"),
+        (json!(4294967296_u64), "Field 'limit' must be <= 10000"),
+        (json!("5"), type_message),
+        (json!(2.5), type_message),
+        (json!(true), type_message),
+        (json!([5]), type_message),
+    ];
+    for (limit, message) in cases {
+        expect_failure_json(
+            &kv,
+            "list",
+            json!({"plugin_name": "p", "limit": limit}),
+            "VALIDATION_ERROR",
+            message,
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_limit_bounds_1_and_10000_are_accepted() {
+    let kv = Harness::start().await;
+    put(&kv, "p", "a", json!(1)).await;
+    put(&kv, "p", "b", json!(2)).await;
+    assert_eq!(
+        list(&kv, json!({"plugin_name": "p", "limit": 10000})).await,
+        listing(&["a", "b"], false)
+    );
+    assert_eq!(
+        list(&kv, json!({"plugin_name": "p", "limit": 1})).await,
+        listing(&["a"], true)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_prefix_wrong_types() {
+    let kv = Harness::start().await;
+    for bad in [json!(5), json!(true), json!(["a"]), json!({"a": 1})] {
+        expect_failure_json(
+            &kv,
+            "list",
+            json!({"plugin_name": "p", "prefix": bad}),
+            "VALIDATION_ERROR",
+            "Field 'prefix' must be of type string or null",
+        )
+        .await;
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// plugin_name pattern
+// ------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_name_pattern_rejections() {
+    let kv = Harness::start().await;
+    let bad = [
+        "Plugin".to_owned(),
+        "UPPER".to_owned(),
+        "my plugin".to_owned(),
+        " p".to_owned(),
+        "p\n".to_owned(),
+        "p.q".to_owned(),
+        "p/q".to_owned(),
+        "plügin".to_owned(),
+        "a".repeat(101),
+    ];
+    for op in OPS {
+        for name in &bad {
+            expect_failure_json(
+                &kv,
+                op,
+                with(valid_body(op), "plugin_name", json!(name)),
+                "VALIDATION_ERROR",
+                PLUGIN_PATTERN_MESSAGE,
+            )
+            .await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_name_pattern_acceptances() {
+    let kv = Harness::start().await;
+    let hundred = "a".repeat(100);
+    for name in [hundred.as_str(), "a-b_c9", "0", "-", "_", "abc-123_xyz"] {
+        put(&kv, name, "k", json!(name)).await;
+        assert_eq!(
+            get(&kv, name, "k").await,
+            found(json!(name)),
+            "plugin {name}"
+        );
+        assert_eq!(
+            list(&kv, json!({"plugin_name": name})).await,
+            listing(&["k"], false),
+            "plugin {name}"
+        );
+        assert_eq!(delete(&kv, name, "k").await, deleted(true), "plugin {name}");
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// VALUE_TOO_LARGE
+// ------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn value_size_limit_is_65536_bytes_of_compact_json() {
+    let kv = Harness::start().await;
+    let fits = "x".repeat(65_534); // "…" = 65536 bytes
+    put(&kv, "p", "fits", json!(fits)).await;
+    assert_eq!(get(&kv, "p", "fits").await, found(json!(fits)));
+
+    let over = "x".repeat(65_535); // 65537 bytes
+    expect_failure_json(
+        &kv,
+        "set",
+        json!({"plugin_name": "p", "key": "over", "value": over}),
+        "VALUE_TOO_LARGE",
+        "Value size (65537 bytes) exceeds 64KB limit (65536 bytes)",
+    )
+    .await;
+    assert_eq!(get(&kv, "p", "over").await, absent());
+    // A rejected upsert leaves the old value alone.
+    expect_failure_json(
+        &kv,
+        "set",
+        json!({"plugin_name": "p", "key": "fits", "value": over}),
+        "VALUE_TOO_LARGE",
+        "Value size (65537 bytes) exceeds 64KB limit (65536 bytes)",
+    )
+    .await;
+    assert_eq!(get(&kv, "p", "fits").await, found(json!(fits)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn value_size_is_measured_on_the_compact_encoding() {
+    let kv = Harness::start().await;
+    // 20,001 compact bytes sent as ~150 KB of whitespace-padded JSON: accepted.
+    let padded = format!("[{}]", vec!["1"; 10_000].join("    ,\n\t     "));
+    assert!(padded.len() > 100_000);
+    let body = format!(r#"{{"plugin_name":"p","key":"padded","value":{padded}}}"#);
+    assert_eq!(kv.raw(&subject("set"), body).await.body, success(json!({})));
+    assert_eq!(get(&kv, "p", "padded").await, found(json!(vec![1; 10_000])));
+
+    // Boundary with whitespace: compact `["x…"]` of exactly 65536 bytes fits…
+    let body = format!(
+        r#"{{"plugin_name":"p","key":"edge","value":[   "{}"   ]}}"#,
+        "x".repeat(65_532)
+    );
+    assert_eq!(kv.raw(&subject("set"), body).await.body, success(json!({})));
+    // …and 65537 compact bytes do not, whatever the padding.
+    let body = format!(
+        r#"{{"plugin_name":"p","key":"edge2","value":[ "{}" ]}}"#,
+        "x".repeat(65_533)
+    );
+    expect_failure(
+        &kv,
+        "set",
+        body,
+        "VALUE_TOO_LARGE",
+        "Value size (65537 bytes) exceeds 64KB limit (65536 bytes)",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn value_size_counts_bytes_not_characters() {
+    let kv = Harness::start().await;
+    let fits = "é".repeat(32_767); // 65534 bytes + 2 quotes = 65536
+    put(&kv, "p", "fits", json!(fits)).await;
+    assert_eq!(get(&kv, "p", "fits").await, found(json!(fits)));
+    let over = "é".repeat(32_768); // 65538 bytes
+    expect_failure_json(
+        &kv,
+        "set",
+        json!({"plugin_name": "p", "key": "over", "value": over}),
+        "VALUE_TOO_LARGE",
+        "Value size (65538 bytes) exceeds 64KB limit (65536 bytes)",
+    )
+    .await;
+}
+
+// ------------------------------------------------------------------------------------------
+// Unknown fields
+// ------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_fields_are_ignored_on_all_ops() {
+    let kv = Harness::start().await;
+    let extra = json!({"nested": [1, 2]});
+    let reply = kv
+        .call(
+            "set",
+            json!({"plugin_name": "p", "key": "k", "value": 7, "future": extra, "ttl": "x", "success": false}),
+        )
+        .await;
+    assert_eq!(reply, success(json!({})));
+    let reply = kv
+        .call(
+            "get",
+            json!({"plugin_name": "p", "key": "k", "future": null, "value": 9}),
+        )
+        .await;
+    assert_eq!(reply, found(json!(7)));
+    let reply = kv
+        .call(
+            "list",
+            json!({"plugin_name": "p", "future": true, "offset": 5}),
+        )
+        .await;
+    assert_eq!(reply, listing(&["k"], false));
+    let reply = kv
+        .call(
+            "delete",
+            json!({"plugin_name": "p", "key": "k", "future": 1.5, "force": "yes"}),
+        )
+        .await;
+    assert_eq!(reply, deleted(true));
+    assert_eq!(get(&kv, "p", "k").await, absent());
+}
+
+// ------------------------------------------------------------------------------------------
+// delete
+// ------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_returns_true_then_false() {
+    let kv = Harness::start().await;
+    put(&kv, "p", "k", json!("v")).await;
+    put(&kv, "p", "other", json!("o")).await;
+    assert_eq!(delete(&kv, "p", "k").await, deleted(true));
+    assert_eq!(delete(&kv, "p", "k").await, deleted(false));
+    assert_eq!(get(&kv, "p", "k").await, absent());
+    assert_eq!(
+        list(&kv, json!({"plugin_name": "p"})).await,
+        listing(&["other"], false)
+    );
+    assert!(row_times(&kv, "p", "k").await.is_none(), "row really gone");
+    // Set again after delete works and is a fresh row.
+    put(&kv, "p", "k", json!("again")).await;
+    assert_eq!(get(&kv, "p", "k").await, found(json!("again")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_of_a_missing_key_is_false() {
+    let kv = Harness::start().await;
+    assert_eq!(delete(&kv, "p", "never-set").await, deleted(false));
+    assert_eq!(delete(&kv, "nobody", "x").await, deleted(false));
+    put(&kv, "p", "k", json!(null)).await;
+    assert_eq!(
+        delete(&kv, "p", "K").await,
+        deleted(false),
+        "keys are case-sensitive"
+    );
+    assert_eq!(
+        delete(&kv, "p", "k").await,
+        deleted(true),
+        "a null value is a live key"
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// Headers
+// ------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_replies_carry_the_service_error_headers() {
+    let kv = Harness::start().await;
+    let cases: [(&str, Bytes, &str, &str); 4] = [
+        (
+            "get",
+            Bytes::new(),
+            "INVALID_JSON",
+            "Invalid JSON: EOF while parsing a value at line 1 column 0",
+        ),
+        (
+            "delete",
+            Bytes::from(r#"{"plugin_name":"p"}"#),
+            "MISSING_FIELD",
+            "Required field 'key' is missing",
+        ),
+        (
+            "list",
+            Bytes::from(r#"{"plugin_name":"p","limit":0}"#),
+            "VALIDATION_ERROR",
+            "Field 'limit' must be >= 1",
+        ),
+        (
+            "set",
+            Bytes::from(format!(
+                r#"{{"plugin_name":"p","key":"k","value":"{}"}}"#,
+                "x".repeat(65_535)
+            )),
+            "VALUE_TOO_LARGE",
+            "Value size (65537 bytes) exceeds 64KB limit (65536 bytes)",
+        ),
+    ];
+    for (op, payload, code, message) in cases {
+        let reply = kv.raw(&subject(op), payload).await;
+        assert_eq!(reply.body, failure(code, message));
+        assert_eq!(reply.error_header.as_deref(), Some(message), "{code}");
+        assert_eq!(reply.error_code_header.as_deref(), Some(code), "{code}");
+        assert_eq!(
+            reply.error_header.as_deref(),
+            reply.body["error"]["message"].as_str()
+        );
+        assert_eq!(
+            reply.error_code_header.as_deref(),
+            reply.body["error"]["code"].as_str()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn success_replies_carry_no_error_headers() {
+    let kv = Harness::start().await;
+    let cases = [
+        (
+            "set",
+            json!({"plugin_name": "p", "key": "k", "value": 1}),
+            success(json!({})),
+        ),
+        (
+            "get",
+            json!({"plugin_name": "p", "key": "k"}),
+            found(json!(1)),
+        ),
+        (
+            "get",
+            json!({"plugin_name": "p", "key": "missing"}),
+            absent(),
+        ),
+        ("list", json!({"plugin_name": "p"}), listing(&["k"], false)),
+        (
+            "delete",
+            json!({"plugin_name": "p", "key": "k"}),
+            deleted(true),
+        ),
+        (
+            "delete",
+            json!({"plugin_name": "p", "key": "k"}),
+            deleted(false),
+        ),
+    ];
+    for (op, body, expected) in cases {
+        let reply = kv.raw(&subject(op), body.to_string()).await;
+        assert_eq!(reply.body, expected, "{op} {body}");
+        assert_eq!(reply.error_header, None, "{op}: no Nats-Service-Error");
+        assert_eq!(
+            reply.error_code_header, None,
+            "{op}: no Nats-Service-Error-Code"
+        );
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// INTERNAL_ERROR
+// ------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupted_stored_value_is_a_generic_internal_error() {
+    let kv = Harness::start().await;
+    put(&kv, "p", "fine", json!(1)).await;
+    // Write a row the service could never have written: its value is not JSON.
+    let pool = SqlitePool::connect_with(SqliteConnectOptions::new().filename(kv.db_path()))
+        .await
+        .expect("open database read-write");
+    sqlx::query(
+        "INSERT INTO kv (plugin_name, key, value, expires_at, created_at, updated_at) \
+         VALUES ('p', 'corrupt', '{not json: secret detail', NULL, 0, 0)",
+    )
+    .execute(&pool)
+    .await
+    .expect("insert corrupt row");
+    pool.close().await;
+
+    expect_failure_json(
+        &kv,
+        "get",
+        json!({"plugin_name": "p", "key": "corrupt"}),
+        "INTERNAL_ERROR",
+        "Internal error",
+    )
+    .await;
+    // The service keeps serving everything else.
+    assert_eq!(get(&kv, "p", "fine").await, found(json!(1)));
+    assert_eq!(
+        list(&kv, json!({"plugin_name": "p"})).await,
+        listing(&["corrupt", "fine"], false)
+    );
+    assert_eq!(delete(&kv, "p", "corrupt").await, deleted(true));
+}
+
+// ------------------------------------------------------------------------------------------
+// Concurrency, persistence, latency
+// ------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_concurrent_sets_all_land() {
+    let kv = Harness::start().await;
+    let keys: Vec<String> = (0..500).map(|i| format!("c{i:03}")).collect();
+    let started = Instant::now();
+    let replies = futures_util::future::join_all(keys.iter().enumerate().map(|(i, key)| {
+        kv.call(
+            "set",
+            json!({"plugin_name": "conc", "key": key, "value": {"i": i}}),
+        )
+    }))
+    .await;
+    println!("500 concurrent sets took {:?}", started.elapsed());
+    assert_eq!(replies.len(), 500);
+    for (key, reply) in keys.iter().zip(&replies) {
+        assert_eq!(*reply, success(json!({})), "set {key}");
+    }
+    assert_eq!(
+        list(&kv, json!({"plugin_name": "conc", "limit": 1000})).await,
+        listing(&keys, false)
+    );
+    for i in [0_usize, 1, 99, 250, 377, 498, 499] {
+        assert_eq!(get(&kv, "conc", &keys[i]).await, found(json!({"i": i})));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_persists_across_a_service_restart() {
+    let mut kv = Harness::start().await;
+    put(&kv, "p", "a", json!({"kept": true})).await;
+    put(&kv, "p", "big", json!(12345678901234567890_u64)).await;
+    put(&kv, "p", "gone", json!(0)).await;
+    put_ttl(&kv, "p", "ttl", json!("later"), 3600).await;
+    put(&kv, "q", "other", json!(null)).await;
+    assert_eq!(delete(&kv, "p", "gone").await, deleted(true));
+    let before = row_times(&kv, "p", "ttl").await.expect("row");
+
+    assert_eq!(
+        kv.restart_service().await,
+        Ok(()),
+        "first run stops cleanly"
+    );
+
+    assert_eq!(get(&kv, "p", "a").await, found(json!({"kept": true})));
+    assert_eq!(
+        get(&kv, "p", "big").await,
+        found(json!(12345678901234567890_u64))
+    );
+    assert_eq!(get(&kv, "p", "gone").await, absent());
+    assert_eq!(get(&kv, "p", "ttl").await, found(json!("later")));
+    assert_eq!(get(&kv, "q", "other").await, found(Value::Null));
+    assert_eq!(
+        list(&kv, json!({"plugin_name": "p"})).await,
+        listing(&["a", "big", "ttl"], false)
+    );
+    assert_eq!(
+        row_times(&kv, "p", "ttl").await,
+        Some(before),
+        "timestamps and expiry kept"
+    );
+    // And it still writes.
+    put(&kv, "p", "after", json!(1)).await;
+    assert_eq!(get(&kv, "p", "after").await, found(json!(1)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_p95_latency_is_under_15_ms() {
+    let kv = Harness::start().await;
+    put(&kv, "p", "hot", json!({"theme": "dark", "n": [1, 2, 3]})).await;
+    let request = Bytes::from(json!({"plugin_name": "p", "key": "hot"}).to_string());
+    for _ in 0..50 {
+        kv.raw(&subject("get"), request.clone()).await; // warm up
+    }
+    let mut samples = Vec::with_capacity(1000);
+    for _ in 0..1000 {
+        let started = Instant::now();
+        let reply = kv.raw(&subject("get"), request.clone()).await;
+        samples.push(started.elapsed());
+        assert_eq!(reply.body, found(json!({"theme": "dark", "n": [1, 2, 3]})));
+    }
+    samples.sort();
+    let p50 = samples[499];
+    let p95 = samples[949];
+    let p99 = samples[989];
+    println!(
+        "get latency over 1000 sequential requests: p50 {p50:?}, p95 {p95:?}, p99 {p99:?}, max {:?}",
+        samples[999]
+    );
+    assert!(
+        p95 < Duration::from_millis(15),
+        "p95 {p95:?} must be < 15 ms"
+    );
 }

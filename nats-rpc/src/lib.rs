@@ -85,8 +85,8 @@ pub use schema::{
     DIALECT, EndpointSchemas, Rejection, RequestValidator, SchemaError, catalogue, schema_of,
 };
 pub use service::{
-    DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_IN_FLIGHT, DEFAULT_QUEUE_GROUP, DrainTimeout, ServeError,
-    Service, ServiceBuilder, SUBSCRIPTION_CAPACITY, connect_options,
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_IN_FLIGHT, DEFAULT_QUEUE_GROUP, DrainTimeout,
+    SUBSCRIPTION_CAPACITY, ServeError, Service, ServiceBuilder, connect_options,
 };
 pub use stats::StatsSnapshot;
 

@@ -4,8 +4,8 @@
 
 use std::borrow::Cow;
 
-use schemars::generate::SchemaSettings;
 use schemars::JsonSchema;
+use schemars::generate::SchemaSettings;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
@@ -57,6 +57,10 @@ struct Required {
 pub struct RequestValidator {
     validator: jsonschema::Validator,
     required: Vec<Required>,
+    /// Top-level fields typed `integer`, with the type error they report: JSON Schema lets
+    /// `1.0` pass as an integer, but a Rust integer does not deserialize from it, so it is
+    /// refused here with the same message as any other wrong type.
+    integers: Vec<(String, String)>,
 }
 
 /// The request schema could not be compiled (a bug in a `JsonSchema` impl, not bad input).
@@ -117,9 +121,16 @@ impl RequestValidator {
                 })
             })
             .collect::<Result<_, SchemaError>>()?;
+        let integers = properties
+            .into_iter()
+            .flatten()
+            .filter(|(_, field)| is_integer_typed(field))
+            .map(|(name, field)| (name.clone(), type_rule(field)))
+            .collect();
         Ok(RequestValidator {
             validator,
             required,
+            integers,
         })
     }
 
@@ -169,6 +180,22 @@ impl RequestValidator {
                 return Err(missing_field(&field.name));
             }
         }
+        for (name, rule) in &self.integers {
+            // serde_json reads an in-range integer literal as i64/u64, so an integral f64 in
+            // that range was written `1.0` or `1e0`. Out-of-range literals fall through to the
+            // schema, which names the range they break.
+            if let Some(Value::Number(number)) = object.get(name)
+                && number.is_f64()
+                && number
+                    .as_f64()
+                    .is_some_and(|float| float.fract() == 0.0 && float.abs() < 9.0e18)
+            {
+                return Err(Rejection::new(
+                    codes::VALIDATION_ERROR,
+                    format!("Field '{name}' {rule}"),
+                ));
+            }
+        }
         if self.validator.is_valid(value) {
             return Ok(());
         }
@@ -179,6 +206,33 @@ impl RequestValidator {
             .expect("an invalid instance has at least one error");
         Err(describe(&error))
     }
+}
+
+/// `must be of type integer or null`: non-null types first, as a reader would say it.
+fn must_be_of_type(mut names: Vec<&str>) -> String {
+    names.sort_by_key(|name| *name == "null");
+    format!("must be of type {}", names.join(" or "))
+}
+
+/// The type rule of a field's schema, worded as [`describe`] words a type error.
+fn type_rule(field: &Value) -> String {
+    match field.get("type") {
+        Some(Value::String(single)) => must_be_of_type(vec![single.as_str()]),
+        Some(Value::Array(types)) => {
+            must_be_of_type(types.iter().filter_map(Value::as_str).collect())
+        }
+        _ => "must be of type integer".to_owned(),
+    }
+}
+
+/// `"type": "integer"` or `["integer", "null"]`, without `number`.
+fn is_integer_typed(field: &Value) -> bool {
+    let has = |wanted: &str| match field.get("type") {
+        Some(Value::String(single)) => single == wanted,
+        Some(Value::Array(types)) => types.iter().any(|t| t == wanted),
+        _ => false,
+    };
+    has("integer") && !has("number")
 }
 
 fn compile(schema: &Value) -> Result<jsonschema::Validator, SchemaError> {
@@ -213,15 +267,12 @@ fn describe(error: &jsonschema::ValidationError<'_>) -> Rejection {
 
     let field = field_name(&error.instance_path().to_string());
     let rule: Cow<'_, str> = match error.kind() {
-        Kind::Type { kind } => {
-            let mut names: Vec<&str> = match kind {
-                TypeKind::Single(single) => vec![single.as_str()],
-                TypeKind::Multiple(set) => set.iter().map(|t| t.as_str()).collect(),
-            };
-            // "integer or null" reads better than the bit order's "null or integer".
-            names.sort_by_key(|name| *name == "null");
-            format!("must be of type {}", names.join(" or ")).into()
-        }
+        Kind::Type { kind } => match kind {
+            TypeKind::Single(single) => must_be_of_type(vec![single.as_str()]).into(),
+            TypeKind::Multiple(set) => {
+                must_be_of_type(set.iter().map(|t| t.as_str()).collect()).into()
+            }
+        },
         Kind::Minimum { limit } => format!("must be >= {limit}").into(),
         Kind::Maximum { limit } => format!("must be <= {limit}").into(),
         Kind::ExclusiveMinimum { limit } => format!("must be > {limit}").into(),
@@ -335,7 +386,10 @@ fn titled(mut schema: Value, subject: &str, what: &str) -> Value {
     if let Value::Object(object) = &mut schema {
         let mut ordered = Map::new();
         ordered.insert("$schema".into(), DIALECT.into());
-        ordered.insert("$id".into(), format!("{subject}.{}", what.replace(' ', "-")).into());
+        ordered.insert(
+            "$id".into(),
+            format!("{subject}.{}", what.replace(' ', "-")).into(),
+        );
         ordered.insert("title".into(), format!("{subject} {what}").into());
         for (key, value) in std::mem::take(object) {
             if key != "$schema" && key != "title" {

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Waker};
 use std::time::{Duration, Instant};
 
 use async_nats::{HeaderMap, Message, Subject, Subscriber};
@@ -360,7 +361,9 @@ impl<S: Send + Sync + 'static> ServiceBuilder<S> {
             ));
         }
         if self.endpoints.is_empty() {
-            return Err(ServeError::Config("a service needs at least one endpoint".into()));
+            return Err(ServeError::Config(
+                "a service needs at least one endpoint".into(),
+            ));
         }
         for (index, endpoint) in self.endpoints.iter().enumerate() {
             let clash = self.endpoints[..index]
@@ -410,7 +413,11 @@ impl<E: Endpoint> Running<E> {
     /// Takes messages off the subscription: each gets a permit and its own task, or an
     /// immediate `OVERLOADED` reply. On shutdown, unsubscribes and keeps reading until the
     /// buffered messages are gone.
-    async fn read(self: Arc<Self>, mut subscriber: Subscriber, mut shutdown: watch::Receiver<bool>) {
+    async fn read(
+        self: Arc<Self>,
+        mut subscriber: Subscriber,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let mut draining = false;
         loop {
             let message = if draining {
@@ -432,7 +439,15 @@ impl<E: Endpoint> Running<E> {
             let Some(message) = message else { break };
             match self.permits.clone().try_acquire_owned() {
                 Ok(permit) => {
-                    tokio::spawn(self.clone().handle(message, permit));
+                    // Poll once right here: a request that completes without waiting (a
+                    // rejection, a handler answering from memory) is answered without the cost
+                    // of scheduling a task, often on another thread. Only what has to wait
+                    // becomes a task; the task's first poll registers its real waker.
+                    let mut request = Box::pin(self.clone().handle(message, permit));
+                    let mut cx = TaskContext::from_waker(Waker::noop());
+                    if request.as_mut().poll(&mut cx).is_pending() {
+                        tokio::spawn(request);
+                    }
                 }
                 Err(_) => self.overloaded(message).await,
             }

@@ -122,7 +122,9 @@ impl Fixture {
         Self::start_with(|builder| builder).await
     }
 
-    async fn start_with(tweak: impl FnOnce(ServiceBuilder<State>) -> ServiceBuilder<State>) -> Fixture {
+    async fn start_with(
+        tweak: impl FnOnce(ServiceBuilder<State>) -> ServiceBuilder<State>,
+    ) -> Fixture {
         let server = NatsServer::start();
         let nats = nats_rpc::connect_options()
             .connect(server.url())
@@ -180,13 +182,19 @@ async fn success_envelope_has_exactly_success_and_data() {
         std::str::from_utf8(&message.payload).unwrap(),
         r#"{"success":true,"data":{"text":"hi","times":2}}"#
     );
-    assert!(message.headers.is_none(), "success replies carry no error headers");
+    assert!(
+        message.headers.is_none(),
+        "success replies carry no error headers"
+    );
 }
 
 #[tokio::test]
 async fn unit_response_is_null_data() {
     let f = Fixture::start().await;
-    assert_eq!(f.json("test.unit", b"{}").await, json!({"success": true, "data": null}));
+    assert_eq!(
+        f.json("test.unit", b"{}").await,
+        json!({"success": true, "data": null})
+    );
 }
 
 #[tokio::test]
@@ -194,15 +202,24 @@ async fn invalid_json_reports_parser_detail() {
     let f = Fixture::start().await;
     assert_eq!(
         f.json("test.echo", b"").await,
-        failure("INVALID_JSON", "Invalid JSON: EOF while parsing a value at line 1 column 0")
+        failure(
+            "INVALID_JSON",
+            "Invalid JSON: EOF while parsing a value at line 1 column 0"
+        )
     );
     assert_eq!(
         f.json("test.echo", b"{\"text\":").await,
-        failure("INVALID_JSON", "Invalid JSON: EOF while parsing a value at line 1 column 8")
+        failure(
+            "INVALID_JSON",
+            "Invalid JSON: EOF while parsing a value at line 1 column 8"
+        )
     );
     assert_eq!(
         f.json("test.echo", b"nope").await,
-        failure("INVALID_JSON", "Invalid JSON: expected ident at line 1 column 2")
+        failure(
+            "INVALID_JSON",
+            "Invalid JSON: expected ident at line 1 column 2"
+        )
     );
 }
 
@@ -256,10 +273,16 @@ async fn schema_violations_name_field_and_rule() {
     let f = Fixture::start().await;
     let cases = [
         (r#"{"text":5}"#, "Field 'text' must be of type string"),
-        (r#"{"text":"01234567890"}"#, "Field 'text' must be at most 10 characters long"),
+        (
+            r#"{"text":"01234567890"}"#,
+            "Field 'text' must be at most 10 characters long",
+        ),
         (r#"{"text":"a","times":0}"#, "Field 'times' must be >= 1"),
         (r#"{"text":"a","times":6}"#, "Field 'times' must be <= 5"),
-        (r#"{"text":"a","times":"2"}"#, "Field 'times' must be of type integer or null"),
+        (
+            r#"{"text":"a","times":"2"}"#,
+            "Field 'times' must be of type integer or null",
+        ),
     ];
     for (body, message) in cases {
         assert_eq!(
@@ -323,7 +346,10 @@ async fn panicking_handler_answers_internal_error_and_service_keeps_serving() {
         serde_json::from_str::<Value>(text).unwrap(),
         failure("INTERNAL_ERROR", "Internal error")
     );
-    assert!(!text.contains("secret"), "panic text never reaches the client");
+    assert!(
+        !text.contains("secret"),
+        "panic text never reaches the client"
+    );
     assert_eq!(
         f.json("test.echo", br#"{"text":"after"}"#).await,
         json!({"success": true, "data": {"text": "after"}})
@@ -389,7 +415,11 @@ async fn past_the_in_flight_bound_replies_overloaded_at_once() {
 async fn ping_info_and_stats_answer_on_all_three_subjects() {
     let f = Fixture::start().await;
     let id = f.service.as_ref().unwrap().id().to_owned();
-    for subject in ["$SRV.PING", "$SRV.PING.tester", &format!("$SRV.PING.tester.{id}")] {
+    for subject in [
+        "$SRV.PING",
+        "$SRV.PING.tester",
+        &format!("$SRV.PING.tester.{id}"),
+    ] {
         assert_eq!(
             f.json(subject, b"").await,
             json!({
@@ -445,7 +475,10 @@ async fn stats_count_requests_and_error_envelopes() {
     );
     assert!(echo["processing_time"].as_u64().unwrap() > 0);
     let tea = &stats["endpoints"][1];
-    assert_eq!((tea["num_requests"].as_u64(), tea["num_errors"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(
+        (tea["num_requests"].as_u64(), tea["num_errors"].as_u64()),
+        (Some(1), Some(1))
+    );
     // The handle reports the same counters.
     let local = f.service.as_ref().unwrap().stats();
     assert_eq!((local[0].1.num_requests, local[0].1.num_errors), (3, 2));
@@ -481,7 +514,12 @@ async fn shutdown_answers_every_request_in_flight_then_stops() {
     while f.state.started.load(Ordering::SeqCst) < 5 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    f.service.take().unwrap().shutdown().await.expect("drained in time");
+    f.service
+        .take()
+        .unwrap()
+        .shutdown()
+        .await
+        .expect("drained in time");
     for request in pending {
         let reply = request.await.unwrap().expect("a reply, not a timeout");
         assert_eq!(
@@ -558,7 +596,14 @@ async fn exported_schemas_are_the_validated_ones() {
     assert_eq!(schemas.request["required"], json!(["text"]));
     assert_eq!(
         schemas.error["properties"]["error"]["properties"]["code"]["enum"],
-        json!(["INVALID_JSON", "VALIDATION_ERROR", "MISSING_FIELD", "INTERNAL_ERROR", "OVERLOADED", "TEAPOT"])
+        json!([
+            "INVALID_JSON",
+            "VALIDATION_ERROR",
+            "MISSING_FIELD",
+            "INTERNAL_ERROR",
+            "OVERLOADED",
+            "TEAPOT"
+        ])
     );
     // The published success and error schemas accept real replies and reject others.
     let response = jsonschema::validator_for(&schemas.response).unwrap();

@@ -56,7 +56,9 @@ impl Harness {
             .await
             .map_err(|err| err.to_string())
         });
-        let client = async_nats::connect(nats.url()).await.expect("test client connects");
+        let client = async_nats::connect(nats.url())
+            .await
+            .expect("test client connects");
         let harness = Harness {
             nats,
             dir,
@@ -114,7 +116,9 @@ impl Harness {
 
     /// Sends a JSON body to `rosey.db.kv.<op>` and returns the reply body.
     pub async fn call(&self, op: &str, body: Value) -> Value {
-        self.raw(&format!("rosey.db.kv.{op}"), body.to_string()).await.body
+        self.raw(&format!("rosey.db.kv.{op}"), body.to_string())
+            .await
+            .body
     }
 
     /// Stops the service gracefully and returns its result.
@@ -122,7 +126,11 @@ impl Harness {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        self.task.take().expect("running").await.expect("serve task")
+        self.task
+            .take()
+            .expect("running")
+            .await
+            .expect("serve task")
     }
 }
 
@@ -167,7 +175,12 @@ impl Harness {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        let first = self.task.take().expect("running").await.expect("serve task");
+        let first = self
+            .task
+            .take()
+            .expect("running")
+            .await
+            .expect("serve task");
         let (stop, task) = spawn_service(self.config.clone());
         self.stop = Some(stop);
         self.task = Some(task);
@@ -177,9 +190,7 @@ impl Harness {
 }
 
 /// Runs `kv_service::serve` with `config` on a task until the returned sender fires (or drops).
-pub fn spawn_service(
-    config: ServeConfig,
-) -> (oneshot::Sender<()>, JoinHandle<Result<(), String>>) {
+pub fn spawn_service(config: ServeConfig) -> (oneshot::Sender<()>, JoinHandle<Result<(), String>>) {
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         kv_service::serve(&config, async {

@@ -239,3 +239,35 @@ pub fn schemas() -> Vec<nats_rpc::EndpointSchemas> {
         EndpointSchemas::of::<list>(),
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::compact;
+    use std::borrow::Cow;
+
+    #[test]
+    fn compact_borrows_when_already_compact() {
+        assert!(matches!(compact(r#"{"a":[1,2]}"#), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn compact_drops_whitespace_outside_strings_only() {
+        assert_eq!(
+            compact(" { \"a b\" : [ 1 ,\n\t2.50 ] } "),
+            r#"{"a b":[1,2.50]}"#
+        );
+        assert_eq!(
+            compact(r#"[ "x \" y" , "\\" , " " ]"#),
+            r#"["x \" y","\\"," "]"#
+        );
+        assert_eq!(compact(" null "), "null");
+        assert_eq!(compact("\"é  ü\""), "\"é  ü\"");
+    }
+
+    #[test]
+    fn compact_length_matches_serde_json_for_plain_values() {
+        let value = serde_json::json!({"k": ["x", 1, null, true, {"n": 1.5}]});
+        let pretty = serde_json::to_string_pretty(&value).unwrap();
+        assert_eq!(compact(&pretty), serde_json::to_string(&value).unwrap());
+    }
+}

@@ -400,3 +400,128 @@ pub fn now_ms() -> i64 {
 
 /// Shares one store between the service and the purge task.
 pub type SharedStore = Arc<Store>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn fresh() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("kv.db").display());
+        let store = Store::open(&StoreOptions::new(url)).await.expect("open");
+        (dir, store)
+    }
+
+    async fn row_count(store: &Store) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM kv")
+            .fetch_one(&store.reads)
+            .await
+            .expect("count")
+    }
+
+    #[tokio::test]
+    async fn purge_removes_only_expired_rows() {
+        let (_dir, store) = fresh().await;
+        for key in ["short-1", "short-2", "short-3"] {
+            store.set("p", key, "1".into(), Some(1)).await.unwrap();
+        }
+        store
+            .set("p", "long", "2".into(), Some(3600))
+            .await
+            .unwrap();
+        store.set("p", "forever", "3".into(), None).await.unwrap();
+        store
+            .set("q", "other-plugin", "4".into(), None)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.purge_expired().await.unwrap(),
+            0,
+            "nothing expired yet"
+        );
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        // Expired rows are invisible before any purge, though still stored.
+        assert_eq!(store.get("p", "short-1").await.unwrap(), None);
+        assert_eq!(row_count(&store).await, 6);
+        assert_eq!(store.purge_expired().await.unwrap(), 3);
+        assert_eq!(row_count(&store).await, 3);
+        let listing = store.list("p", "", 100).await.unwrap();
+        assert_eq!(listing.keys, ["forever", "long"]);
+        assert_eq!(
+            store.get("q", "other-plugin").await.unwrap().as_deref(),
+            Some("4")
+        );
+        assert_eq!(store.purge_expired().await.unwrap(), 0);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn purge_works_through_more_rows_than_one_chunk() {
+        let (_dir, store) = fresh().await;
+        let store = Arc::new(store);
+        let mut writes = tokio::task::JoinSet::new();
+        for i in 0..(PURGE_CHUNK + 250) {
+            let store = store.clone();
+            writes
+                .spawn(async move { store.set("p", &format!("k{i}"), "0".into(), Some(1)).await });
+        }
+        while let Some(done) = writes.join_next().await {
+            done.unwrap().unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(
+            store.purge_expired().await.unwrap(),
+            u64::from(PURGE_CHUNK) + 250
+        );
+        assert_eq!(row_count(&store).await, 0);
+    }
+
+    #[tokio::test]
+    async fn prefix_listing_is_an_index_range_not_a_scan() {
+        let (_dir, store) = fresh().await;
+        let plan = store.list_query_plan().await.unwrap();
+        assert_eq!(
+            plan,
+            ["SEARCH kv USING PRIMARY KEY (plugin_name=? AND key>? AND key<?)"],
+            "the prefix listing must seek on the primary key"
+        );
+        assert!(
+            plan.iter()
+                .all(|step| !step.contains("SCAN") && !step.contains("TEMP B-TREE"))
+        );
+    }
+
+    #[tokio::test]
+    async fn writes_are_in_the_file_once_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("kv.db").display());
+        let store = Store::open(&StoreOptions::new(url.clone())).await.unwrap();
+        store.set("p", "k", "\"v\"".into(), None).await.unwrap();
+        // A second, independent connection sees the committed row at once.
+        let mut other = SqliteConnectOptions::from_str(&url)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let value: String = sqlx::query_scalar("SELECT value FROM kv WHERE key = 'k'")
+            .fetch_one(&mut other)
+            .await
+            .unwrap();
+        assert_eq!(value, "\"v\"");
+        store.close().await;
+    }
+
+    #[test]
+    fn prefix_end_bumps_the_last_character() {
+        assert_eq!(prefix_end(""), None);
+        assert_eq!(prefix_end("user:").as_deref(), Some("user;"));
+        assert_eq!(prefix_end("a%").as_deref(), Some("a&"));
+        assert_eq!(prefix_end("a_").as_deref(), Some("a`"));
+        assert_eq!(prefix_end("é").as_deref(), Some("ê"));
+        // Skips the surrogate gap: U+D7FF is followed by U+E000.
+        assert_eq!(prefix_end("\u{D7FF}").as_deref(), Some("\u{E000}"));
+        // Drops a trailing U+10FFFF and bumps the character before it.
+        assert_eq!(prefix_end("a\u{10FFFF}").as_deref(), Some("b"));
+        assert_eq!(prefix_end("\u{10FFFF}"), None);
+    }
+}

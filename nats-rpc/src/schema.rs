@@ -360,11 +360,17 @@ impl EndpointSchemas {
         EndpointSchemas {
             subject: E::SUBJECT,
             name: E::NAME,
-            request: titled(schema_of::<E::Request>(), E::SUBJECT, "request"),
-            response: titled(success_schema::<E::Response>(), E::SUBJECT, "success reply"),
+            request: titled(schema_of::<E::Request>(), E::SUBJECT, "request", "request"),
+            response: titled(
+                success_schema::<E::Response>(),
+                E::SUBJECT,
+                "response",
+                "success reply",
+            ),
             error: titled(
                 error_schema(&catalogue::<E::Error>()),
                 E::SUBJECT,
+                "error",
                 "error reply",
             ),
         }
@@ -382,14 +388,13 @@ pub fn catalogue<E: RpcError>() -> Vec<ErrorCode> {
     all
 }
 
-fn titled(mut schema: Value, subject: &str, what: &str) -> Value {
+/// Adds `$schema`, `$id` (`<subject>.<kind>.json`, the file name it is published under) and a
+/// title, first, so a reader sees what the file is before what it says.
+fn titled(mut schema: Value, subject: &str, kind: &str, what: &str) -> Value {
     if let Value::Object(object) = &mut schema {
         let mut ordered = Map::new();
         ordered.insert("$schema".into(), DIALECT.into());
-        ordered.insert(
-            "$id".into(),
-            format!("{subject}.{}", what.replace(' ', "-")).into(),
-        );
+        ordered.insert("$id".into(), format!("{subject}.{kind}.json").into());
         ordered.insert("title".into(), format!("{subject} {what}").into());
         for (key, value) in std::mem::take(object) {
             if key != "$schema" && key != "title" {

@@ -167,6 +167,12 @@ impl Service {
     /// (buffered or in flight), then stop. Returns `Err` if in-flight requests were still running
     /// after the drain timeout.
     pub async fn shutdown(self) -> Result<(), DrainTimeout> {
+        // A round trip to the server first: everything it routed to us before this point is
+        // then in our subscription buffers, where the drain below still answers it (async-nats
+        // drops what arrives for a subscription after it is drained).
+        if let Err(err) = self.client.flush().await {
+            tracing::warn!(%err, "cannot flush before draining");
+        }
         let _ = self.shutdown.send(true);
         let permits = u32::try_from(self.max_in_flight).unwrap_or(u32::MAX);
         let drained = async {

@@ -1,0 +1,203 @@
+//! The kv-service binary as an operator runs it: a clear failure when NATS is unreachable,
+//! the ready line, SIGTERM drains and exits 0, it keeps serving across a NATS restart, and the
+//! `schemas` subcommand.
+
+use std::io::Read;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use nats_rpc::testing::{NatsServer, free_port};
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_kv-service");
+
+struct Running {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Running {
+    fn start(nats_url: &str) -> Running {
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new(BIN)
+            .env("NATS_URL", nats_url)
+            .env("DATABASE_URL", format!("sqlite://{}", dir.path().join("kv.db").display()))
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kv-service runs");
+        Running { child, _dir: dir }
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn wait(&mut self, limit: Duration) -> (ExitStatus, String) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let mut log = String::new();
+                self.child.stderr.take().unwrap().read_to_string(&mut log).unwrap();
+                return (status, log);
+            }
+            assert!(Instant::now() < deadline, "kv-service still running after {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn ready(client: &async_nats::Client) {
+    for _ in 0..400 {
+        let ping = tokio::time::timeout(
+            Duration::from_millis(200),
+            client.request("$SRV.PING.kv-service", Bytes::new()),
+        )
+        .await;
+        if let Ok(Ok(_)) = ping {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("kv-service did not become ready");
+}
+
+async fn call(client: &async_nats::Client, op: &str, body: Value) -> Value {
+    let reply = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.request(format!("rosey.db.kv.{op}"), body.to_string().into()),
+    )
+    .await
+    .expect("a reply within 5 s")
+    .expect("request");
+    serde_json::from_slice(&reply.payload).unwrap()
+}
+
+#[test]
+fn unreachable_nats_fails_fast_naming_the_url() {
+    let url = format!("nats://127.0.0.1:{}", free_port().unwrap());
+    let started = Instant::now();
+    let mut service = Running::start(&url);
+    let (status, log) = service.wait(Duration::from_secs(10));
+    assert!(!status.success(), "exit status {status}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(
+        log.contains(&format!("cannot connect to NATS at {url}")),
+        "the error names the URL: {log}"
+    );
+}
+
+#[test]
+fn credentials_in_the_url_never_reach_the_log() {
+    let url = format!("nats://alice:s3cr3t-pw@127.0.0.1:{}", free_port().unwrap());
+    let mut service = Running::start(&url);
+    let (status, log) = service.wait(Duration::from_secs(10));
+    assert!(!status.success());
+    assert!(!log.contains("s3cr3t-pw"), "secret leaked: {log}");
+    assert!(log.contains("nats://***@127.0.0.1:"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_answers_requests_in_flight_and_exits_zero() {
+    let nats = NatsServer::start();
+    let mut service = Running::start(&nats.url());
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    ready(&client).await;
+    let mut pending = Vec::new();
+    for i in 0..300 {
+        let client = client.clone();
+        pending.push(tokio::spawn(async move {
+            call(&client, "set", json!({"plugin_name": "p", "key": format!("k{i}"), "value": i})).await
+        }));
+    }
+    // Every request has reached the server before the signal.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    client.flush().await.unwrap();
+    service.signal("-TERM");
+    let mut answered = 0;
+    for request in pending {
+        let reply = request.await.unwrap();
+        assert!(
+            reply == json!({"success": true, "data": {}})
+                || reply["error"]["code"] == "OVERLOADED",
+            "{reply}"
+        );
+        answered += 1;
+    }
+    assert_eq!(answered, 300);
+    let (status, log) = tokio::task::spawn_blocking(move || {
+        let outcome = service.wait(Duration::from_secs(10));
+        (outcome, service)
+    })
+    .await
+    .map(|(outcome, _service)| outcome)
+    .unwrap();
+    assert!(status.success(), "exit status {status}: {log}");
+    assert!(
+        log.contains("kv-service ready")
+            && log.contains("rosey.db.kv.set rosey.db.kv.get rosey.db.kv.delete rosey.db.kv.list"),
+        "one ready line naming the subjects: {log}"
+    );
+    assert!(log.contains("stopped"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keeps_serving_across_a_nats_restart() {
+    let mut nats = NatsServer::start();
+    let _service = Running::start(&nats.url());
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    ready(&client).await;
+    assert_eq!(
+        call(&client, "set", json!({"plugin_name": "p", "key": "before", "value": 1})).await,
+        json!({"success": true, "data": {}})
+    );
+    nats.restart();
+    let restarted = Instant::now();
+    let fresh = async_nats::connect(nats.url()).await.unwrap();
+    let mut answered = None;
+    while restarted.elapsed() < Duration::from_secs(5) {
+        let request = fresh.request(
+            "rosey.db.kv.get",
+            json!({"plugin_name": "p", "key": "before"}).to_string().into(),
+        );
+        if let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_millis(500), request).await {
+            answered = Some(serde_json::from_slice::<Value>(&reply.payload).unwrap());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("answered again {:?} after the NATS restart", restarted.elapsed());
+    assert_eq!(
+        answered.expect("kv-service answers within 5 s of the server's return"),
+        json!({"success": true, "data": {"exists": true, "value": 1}}),
+        "the write acknowledged before the restart is still there"
+    );
+}
+
+#[test]
+fn schemas_subcommand_writes_every_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(BIN)
+        .args(["schemas", dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    for (name, text) in kv_service::rendered_schemas() {
+        assert_eq!(std::fs::read_to_string(dir.path().join(&name)).unwrap(), text, "{name}");
+    }
+    assert_eq!(String::from_utf8(output.stdout).unwrap().lines().count(), 12);
+}

@@ -116,40 +116,57 @@ pub struct ListReply {
     pub truncated: bool,
 }
 
-/// What can go wrong inside an operation, after the request passed validation.
+/// What can go wrong in get, delete and list once the request is valid: only storage.
 #[derive(Debug, thiserror::Error)]
-pub enum KvError {
+#[error(transparent)]
+pub struct KvError(#[from] StoreError);
+
+impl RpcError for KvError {
+    const CATALOGUE: &'static [ErrorCode] = &[codes::INTERNAL_ERROR];
+
+    fn code(&self) -> &str {
+        codes::INTERNAL_ERROR.code
+    }
+
+    fn message(&self) -> Cow<'_, str> {
+        Cow::Borrowed(INTERNAL_MESSAGE)
+    }
+}
+
+/// What can go wrong in set once the request is valid.
+#[derive(Debug, thiserror::Error)]
+pub enum SetError {
     #[error("value of {size} bytes is over the {MAX_VALUE_BYTES}-byte limit")]
     ValueTooLarge { size: usize },
     #[error(transparent)]
     Storage(#[from] StoreError),
 }
 
-impl RpcError for KvError {
+impl RpcError for SetError {
     const CATALOGUE: &'static [ErrorCode] = &[VALUE_TOO_LARGE, codes::INTERNAL_ERROR];
 
     fn code(&self) -> &str {
         match self {
-            KvError::ValueTooLarge { .. } => VALUE_TOO_LARGE.code,
-            KvError::Storage(_) => codes::INTERNAL_ERROR.code,
+            SetError::ValueTooLarge { .. } => VALUE_TOO_LARGE.code,
+            SetError::Storage(_) => codes::INTERNAL_ERROR.code,
         }
     }
 
     fn message(&self) -> Cow<'_, str> {
         match self {
-            KvError::ValueTooLarge { size } => Cow::Owned(format!(
+            SetError::ValueTooLarge { size } => Cow::Owned(format!(
                 "Value size ({size} bytes) exceeds 64KB limit ({MAX_VALUE_BYTES} bytes)"
             )),
-            KvError::Storage(_) => Cow::Borrowed(INTERNAL_MESSAGE),
+            SetError::Storage(_) => Cow::Borrowed(INTERNAL_MESSAGE),
         }
     }
 }
 
 #[nats_rpc(subject = "rosey.db.kv.set")]
-pub async fn set(store: &Store, request: SetRequest) -> Result<SetReply, KvError> {
+pub async fn set(store: &Store, request: SetRequest) -> Result<SetReply, SetError> {
     let value = compact(request.value.get());
     if value.len() > MAX_VALUE_BYTES {
-        return Err(KvError::ValueTooLarge { size: value.len() });
+        return Err(SetError::ValueTooLarge { size: value.len() });
     }
     store
         .set(
@@ -193,7 +210,7 @@ pub async fn list(store: &Store, request: ListRequest) -> Result<ListReply, KvEr
 
 /// Only text this service wrote is ever read back, so this is a corrupted database.
 fn stored_value_corrupt(err: serde_json::Error) -> KvError {
-    KvError::Storage(StoreError::Database(sqlx::Error::Decode(Box::new(err))))
+    KvError(StoreError::Database(sqlx::Error::Decode(Box::new(err))))
 }
 
 /// `json` without insignificant whitespace; borrowed when it has none (the common case). The

@@ -22,7 +22,10 @@ impl Running {
         let dir = tempfile::tempdir().unwrap();
         let child = Command::new(BIN)
             .env("NATS_URL", nats_url)
-            .env("DATABASE_URL", format!("sqlite://{}", dir.path().join("kv.db").display()))
+            .env(
+                "DATABASE_URL",
+                format!("sqlite://{}", dir.path().join("kv.db").display()),
+            )
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
@@ -45,10 +48,18 @@ impl Running {
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 let mut log = String::new();
-                self.child.stderr.take().unwrap().read_to_string(&mut log).unwrap();
+                self.child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut log)
+                    .unwrap();
                 return (status, log);
             }
-            assert!(Instant::now() < deadline, "kv-service still running after {limit:?}");
+            assert!(
+                Instant::now() < deadline,
+                "kv-service still running after {limit:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -121,7 +132,12 @@ async fn sigterm_answers_requests_in_flight_and_exits_zero() {
     for i in 0..300 {
         let client = client.clone();
         pending.push(tokio::spawn(async move {
-            call(&client, "set", json!({"plugin_name": "p", "key": format!("k{i}"), "value": i})).await
+            call(
+                &client,
+                "set",
+                json!({"plugin_name": "p", "key": format!("k{i}"), "value": i}),
+            )
+            .await
         }));
     }
     // Every request has reached the server before the signal.
@@ -132,8 +148,7 @@ async fn sigterm_answers_requests_in_flight_and_exits_zero() {
     for request in pending {
         let reply = request.await.unwrap();
         assert!(
-            reply == json!({"success": true, "data": {}})
-                || reply["error"]["code"] == "OVERLOADED",
+            reply == json!({"success": true, "data": {}}) || reply["error"]["code"] == "OVERLOADED",
             "{reply}"
         );
         answered += 1;
@@ -162,7 +177,12 @@ async fn keeps_serving_across_a_nats_restart() {
     let client = async_nats::connect(nats.url()).await.unwrap();
     ready(&client).await;
     assert_eq!(
-        call(&client, "set", json!({"plugin_name": "p", "key": "before", "value": 1})).await,
+        call(
+            &client,
+            "set",
+            json!({"plugin_name": "p", "key": "before", "value": 1})
+        )
+        .await,
         json!({"success": true, "data": {}})
     );
     nats.restart();
@@ -172,7 +192,9 @@ async fn keeps_serving_across_a_nats_restart() {
     while restarted.elapsed() < Duration::from_secs(5) {
         let request = fresh.request(
             "rosey.db.kv.get",
-            json!({"plugin_name": "p", "key": "before"}).to_string().into(),
+            json!({"plugin_name": "p", "key": "before"})
+                .to_string()
+                .into(),
         );
         if let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_millis(500), request).await {
             answered = Some(serde_json::from_slice::<Value>(&reply.payload).unwrap());
@@ -180,7 +202,10 @@ async fn keeps_serving_across_a_nats_restart() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    println!("answered again {:?} after the NATS restart", restarted.elapsed());
+    println!(
+        "answered again {:?} after the NATS restart",
+        restarted.elapsed()
+    );
     assert_eq!(
         answered.expect("kv-service answers within 5 s of the server's return"),
         json!({"success": true, "data": {"exists": true, "value": 1}}),
@@ -197,7 +222,14 @@ fn schemas_subcommand_writes_every_schema() {
         .unwrap();
     assert!(output.status.success(), "{output:?}");
     for (name, text) in kv_service::rendered_schemas() {
-        assert_eq!(std::fs::read_to_string(dir.path().join(&name)).unwrap(), text, "{name}");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(&name)).unwrap(),
+            text,
+            "{name}"
+        );
     }
-    assert_eq!(String::from_utf8(output.stdout).unwrap().lines().count(), 12);
+    assert_eq!(
+        String::from_utf8(output.stdout).unwrap().lines().count(),
+        12
+    );
 }

@@ -180,10 +180,18 @@ impl RequestValidator {
                 return Err(missing_field(&field.name));
             }
         }
+        if !self.validator.is_valid(value) {
+            let error = self
+                .validator
+                .iter_errors(value)
+                .next()
+                .expect("an invalid instance has at least one error");
+            return Err(describe(&error));
+        }
         for (name, rule) in &self.integers {
             // serde_json reads an in-range integer literal as i64/u64, so an integral f64 in
-            // that range was written `1.0` or `1e0`. Out-of-range literals fall through to the
-            // schema, which names the range they break.
+            // that range was written `1.0` or `1e0`; out-of-range literals are left to the
+            // schema's range rules.
             if let Some(Value::Number(number)) = object.get(name)
                 && number.is_f64()
                 && number
@@ -196,15 +204,7 @@ impl RequestValidator {
                 ));
             }
         }
-        if self.validator.is_valid(value) {
-            return Ok(());
-        }
-        let error = self
-            .validator
-            .iter_errors(value)
-            .next()
-            .expect("an invalid instance has at least one error");
-        Err(describe(&error))
+        Ok(())
     }
 }
 

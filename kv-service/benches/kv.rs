@@ -1,0 +1,292 @@
+//! kv-service against the floor: in one run, a private nats-server, a bare async-nats responder
+//! answering a canned success envelope (the floor), and the kv-service binary on a fresh
+//! database; get, set and list at 1, 16 and 64 requests in flight over a 10,000-key working set
+//! with 128-byte values (every set writes unique bytes). Prints throughput, p50/p95/p99 and the
+//! ratio to the floor (interleaved rounds, medians), then kv-service's peak RSS.
+//!
+//! Run: `cargo bench -p kv-service --bench kv` (env: `BENCH_ROUNDS`, default 5; `BENCH_SECONDS`
+//! per case, default 1; `BENCH_IN_FLIGHT`, default `1,16,64`; `BENCH_OPS`, default
+//! `get,set,list`).
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use nats_rpc::testing::NatsServer;
+use nats_rpc::testing::load::{Report, bare_responder, drive, median};
+
+const KEYS: u64 = 10_000;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
+}
+
+fn key(i: u64) -> String {
+    format!("key-{:05}", i % KEYS)
+}
+
+/// A 128-byte string value, unique per call (SQLite skips rewriting identical bytes).
+fn value(counter: u64) -> String {
+    format!("{counter:0>128}")
+}
+
+fn payload(op: &str, sets: Arc<AtomicU64>) -> Arc<dyn Fn(u64) -> Bytes + Send + Sync> {
+    match op {
+        "get" => Arc::new(|i| {
+            Bytes::from(format!(
+                r#"{{"plugin_name":"bench","key":"{}"}}"#,
+                key(i.wrapping_mul(7919))
+            ))
+        }),
+        "set" => Arc::new(move |i| {
+            let unique = sets.fetch_add(1, Ordering::Relaxed) + 1_000_000_000;
+            Bytes::from(format!(
+                r#"{{"plugin_name":"bench","key":"{}","value":"{}"}}"#,
+                key(i.wrapping_mul(7919)),
+                value(unique)
+            ))
+        }),
+        // "key-0NN" matches the 100 keys key-0NN00..key-0NN99.
+        "list" => Arc::new(|i| {
+            Bytes::from(format!(
+                r#"{{"plugin_name":"bench","prefix":"key-0{:02}","limit":100}}"#,
+                i.wrapping_mul(31) % 100
+            ))
+        }),
+        other => panic!("unknown op {other}"),
+    }
+}
+
+struct Service {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Service {
+    fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        status
+            .lines()
+            .find(|line| line.starts_with("VmHWM:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+
+    fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        status
+            .lines()
+            .find(|line| line.starts_with("VmRSS:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn main() {
+    // The floor runs on its own runtime, as kv-service runs in its own process.
+    let floor = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("floor runtime");
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(run(floor.handle().clone()));
+    floor.shutdown_background();
+}
+
+async fn run(floor: tokio::runtime::Handle) {
+    let rounds: usize = env_or("BENCH_ROUNDS", 5);
+    let seconds: f64 = env_or("BENCH_SECONDS", 1.0);
+    let in_flights: Vec<usize> = std::env::var("BENCH_IN_FLIGHT")
+        .unwrap_or_else(|_| "1,16,64".into())
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .collect();
+    let ops: Vec<String> = std::env::var("BENCH_OPS")
+        .unwrap_or_else(|_| "get,set,list".into())
+        .split(',')
+        .map(|op| op.trim().to_owned())
+        .collect();
+    let duration = Duration::from_secs_f64(seconds);
+
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let service = Service {
+        child: Command::new(env!("CARGO_BIN_EXE_kv-service"))
+            .env("NATS_URL", nats.url())
+            .env(
+                "DATABASE_URL",
+                format!("sqlite://{}", dir.path().join("kv.db").display()),
+            )
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("kv-service binary"),
+        _dir: dir,
+    };
+
+    let floor_client = nats_rpc::connect_options()
+        .connect(nats.url())
+        .await
+        .expect("floor");
+    let _floor = floor.spawn(bare_responder(
+        floor_client,
+        "bench.floor",
+        Bytes::from_static(br#"{"success":true,"data":{}}"#),
+    ));
+    let driver = nats_rpc::connect_options()
+        .connect(nats.url())
+        .await
+        .expect("driver");
+    wait_ready(&driver).await;
+    let idle_rss = service.rss_kib();
+
+    // The working set: 10,000 keys of 128 bytes.
+    let sets = Arc::new(AtomicU64::new(0));
+    let mut writers = Vec::new();
+    for worker in 0..64_u64 {
+        let driver = driver.clone();
+        writers.push(tokio::spawn(async move {
+            let mut i = worker;
+            while i < KEYS {
+                let request = format!(
+                    r#"{{"plugin_name":"bench","key":"{}","value":"{}"}}"#,
+                    key(i),
+                    value(i)
+                );
+                let reply = driver
+                    .request("rosey.db.kv.set", request.into())
+                    .await
+                    .expect("fill");
+                assert!(
+                    reply.payload.starts_with(br#"{"success":true"#),
+                    "fill failed"
+                );
+                i += 64;
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.expect("fill worker");
+    }
+
+    // Warm both paths.
+    for subject in ["bench.floor", "rosey.db.kv.get"] {
+        drive(
+            &driver,
+            subject,
+            16,
+            Duration::from_millis(500),
+            payload("get", sets.clone()),
+        )
+        .await;
+    }
+
+    println!("kv-service vs a bare async-nats responder (the floor), same run");
+    println!(
+        "{rounds} interleaved rounds of {seconds} s per case, medians; {KEYS} keys, 128-byte values\n"
+    );
+    println!(
+        "{:<5} {:>6} | {:>10} {:>10} {:>6} | {:>8} {:>8} {:>8} | {:>8} {:>8} {:>8}",
+        "op",
+        "flight",
+        "floor/s",
+        "kv/s",
+        "ratio",
+        "floor50",
+        "floor99",
+        "",
+        "kv p50",
+        "kv p95",
+        "kv p99"
+    );
+    for op in &ops {
+        let subject = format!("rosey.db.kv.{op}");
+        for &in_flight in &in_flights {
+            let mut floors: Vec<Report> = Vec::new();
+            let mut kvs: Vec<Report> = Vec::new();
+            let mut ratios = Vec::new();
+            for _ in 0..rounds {
+                let f = drive(
+                    &driver,
+                    "bench.floor",
+                    in_flight,
+                    duration,
+                    payload(op, sets.clone()),
+                )
+                .await;
+                let k = drive(
+                    &driver,
+                    &subject,
+                    in_flight,
+                    duration,
+                    payload(op, sets.clone()),
+                )
+                .await;
+                assert_eq!(k.errors, 0, "{op} replied errors");
+                ratios.push(k.throughput() / f.throughput());
+                floors.push(f);
+                kvs.push(k);
+            }
+            let med = |runs: &[Report], pick: &dyn Fn(&Report) -> f64| {
+                median(&mut runs.iter().map(pick).collect::<Vec<_>>())
+            };
+            let us = |p: f64| move |r: &Report| r.percentile(p).as_secs_f64() * 1e6;
+            println!(
+                "{:<5} {:>6} | {:>10.0} {:>10.0} {:>5.2}x | {:>6.0}us {:>6.0}us {:>8} | {:>6.0}us {:>6.0}us {:>6.0}us",
+                op,
+                in_flight,
+                med(&floors, &|r| r.throughput()),
+                med(&kvs, &|r| r.throughput()),
+                median(&mut ratios),
+                med(&floors, &us(50.0)),
+                med(&floors, &us(99.0)),
+                "",
+                med(&kvs, &us(50.0)),
+                med(&kvs, &us(95.0)),
+                med(&kvs, &us(99.0)),
+            );
+        }
+    }
+    println!(
+        "\nkv-service RSS: idle {} MiB, peak {} MiB",
+        idle_rss.map_or("?".into(), |kib| format!("{:.1}", kib as f64 / 1024.0)),
+        service
+            .peak_rss_kib()
+            .map_or("?".into(), |kib| format!("{:.1}", kib as f64 / 1024.0)),
+    );
+}
+
+async fn wait_ready(client: &async_nats::Client) {
+    for _ in 0..400 {
+        let ping = tokio::time::timeout(
+            Duration::from_millis(200),
+            client.request("$SRV.PING.kv-service", Bytes::new()),
+        )
+        .await;
+        if let Ok(Ok(_)) = ping {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("kv-service did not become ready");
+}

@@ -3,13 +3,14 @@
 //! and error replies are nats-rpc's; what is left here is the domain.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use nats_rpc::{ErrorCode, INTERNAL_MESSAGE, RpcError, codes, nats_rpc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::store::{Store, StoreError};
+use crate::store::{self, Store, StoreError};
 
 /// `plugin_name` rule, shared by every request.
 pub const PLUGIN_NAME_PATTERN: &str = "^[a-z0-9_-]{1,100}$";
@@ -93,7 +94,7 @@ pub struct GetReply {
     /// The stored value (present exactly when `exists` is true; may be `null`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "serde_json::Value")]
-    pub value: Option<Box<RawValue>>,
+    pub value: Option<store::Value>,
 }
 
 /// `data` of a successful delete.
@@ -164,15 +165,25 @@ impl RpcError for SetError {
 
 #[nats_rpc(subject = "rosey.db.kv.set")]
 pub async fn set(store: &Store, request: SetRequest) -> Result<SetReply, SetError> {
-    let value = compact(request.value.get());
-    if value.len() > MAX_VALUE_BYTES {
-        return Err(SetError::ValueTooLarge { size: value.len() });
+    let compacted = match compact(request.value.get()) {
+        Cow::Borrowed(_) => None,
+        Cow::Owned(text) => Some(text),
+    };
+    let value: store::Value = match compacted {
+        None => Arc::from(request.value),
+        Some(text) => {
+            Arc::from(RawValue::from_string(text).expect("JSON minus whitespace is JSON"))
+        }
+    };
+    let size = value.get().len();
+    if size > MAX_VALUE_BYTES {
+        return Err(SetError::ValueTooLarge { size });
     }
     store
         .set(
             &request.plugin_name,
             &request.key,
-            value.into_owned(),
+            value,
             request.ttl_seconds,
         )
         .await?;
@@ -184,9 +195,7 @@ pub async fn get(store: &Store, request: GetRequest) -> Result<GetReply, KvError
     let value = store.get(&request.plugin_name, &request.key).await?;
     Ok(GetReply {
         exists: value.is_some(),
-        value: value
-            .map(|text| RawValue::from_string(text).map_err(stored_value_corrupt))
-            .transpose()?,
+        value,
     })
 }
 
@@ -206,11 +215,6 @@ pub async fn list(store: &Store, request: ListRequest) -> Result<ListReply, KvEr
         keys: listing.keys,
         truncated: listing.truncated,
     })
-}
-
-/// Only text this service wrote is ever read back, so this is a corrupted database.
-fn stored_value_corrupt(err: serde_json::Error) -> KvError {
-    KvError(StoreError::Database(sqlx::Error::Decode(Box::new(err))))
 }
 
 /// `json` without insignificant whitespace; borrowed when it has none (the common case). The

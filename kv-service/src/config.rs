@@ -45,6 +45,10 @@ pub struct ServeConfig {
     /// Requests handled at once; past it clients get OVERLOADED at once.
     #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = nats_rpc::DEFAULT_MAX_IN_FLIGHT)]
     pub max_in_flight: usize,
+    /// MiB of memory for the in-memory mirror that serves reads; past it, or at 0, reads go to
+    /// SQLite.
+    #[arg(long, env = "MIRROR_MB", default_value_t = 48)]
+    pub mirror_mb: usize,
     /// NATS queue group shared by all instances.
     #[arg(long, env = "QUEUE_GROUP", default_value = nats_rpc::DEFAULT_QUEUE_GROUP)]
     pub queue_group: String,

@@ -28,6 +28,7 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()>) -> 
         url: config.database_url.clone(),
         synchronous_full: config.synchronous_full,
         read_connections: 4,
+        mirror_budget_bytes: config.mirror_mb << 20,
     })
     .await
     .map_err(|err| format!("cannot open database `{}`: {err}", config.database_url))?;

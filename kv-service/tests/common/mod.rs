@@ -44,6 +44,7 @@ impl Harness {
             purge_interval: Duration::from_secs(300),
             synchronous_full: false,
             max_in_flight: nats_rpc::DEFAULT_MAX_IN_FLIGHT,
+            mirror_mb: 48,
             queue_group: nats_rpc::DEFAULT_QUEUE_GROUP.into(),
         };
         tweak(&mut config);

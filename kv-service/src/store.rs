@@ -26,7 +26,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Row};
+use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Executor, Row};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -99,6 +99,7 @@ pub struct Store {
     mirror: Arc<RwLock<Option<Mirror>>>,
     reads: SqlitePool,
     writer: JoinHandle<()>,
+    checkpointer: JoinHandle<()>,
 }
 
 /// Every committed row, by plugin then key (`String` orders bytewise, as SQLite's BINARY does).
@@ -240,12 +241,15 @@ impl Store {
             .await?;
         MIGRATOR.run(&setup).await?;
         setup.close().await;
-        // Multi-row statements differ by row count; keep every size prepared.
+        // Batch scripts differ by row count; keep the common ones prepared. Checkpoints run in
+        // the background (below), so the writer's own automatic one is only a backstop.
         let writer = base
             .clone()
             .statement_cache_capacity(2 * MAX_BATCH + 16)
+            .pragma("wal_autocheckpoint", "20000")
             .connect()
             .await?;
+        let checkpointer = tokio::spawn(checkpoint_forever(base.clone().connect().await?));
         let reads = SqlitePoolOptions::new()
             .max_connections(options.read_connections.max(1))
             .min_connections(1)
@@ -261,6 +265,7 @@ impl Store {
             mirror,
             reads,
             writer,
+            checkpointer,
         })
     }
 
@@ -372,6 +377,8 @@ impl Store {
     pub async fn close(self) {
         drop(self.writes);
         let _ = self.writer.await;
+        self.checkpointer.abort();
+        let _ = self.checkpointer.await;
         self.reads.close().await;
     }
 
@@ -487,6 +494,23 @@ pub fn prefix_end(prefix: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// How often committed WAL frames are copied into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+/// Copies committed WAL frames into the database file from a connection of its own, so the
+/// writer never pays for a checkpoint (and its `fsync`) inside a commit. PASSIVE never blocks
+/// the writer or readers.
+async fn checkpoint_forever(mut conn: SqliteConnection) {
+    let mut ticker = tokio::time::interval(CHECKPOINT_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        if let Err(err) = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").await {
+            tracing::warn!(%err, "background checkpoint failed; retrying");
+        }
+    }
 }
 
 async fn run_writer(
@@ -649,15 +673,22 @@ const PURGE_SQL: &str = "DELETE FROM kv WHERE (plugin_name, key) IN \
        (SELECT plugin_name, key FROM kv \
         WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)";
 
-/// One transaction for the whole batch: each run of consecutive sets is one multi-row upsert
-/// (the last write of a key within the run wins, as it would one by one), each run of deletes
-/// one statement.
+/// A bound parameter of a batch script.
+enum Bind<'a> {
+    Text(&'a str),
+    Int(Option<i64>),
+}
+
+/// The whole batch as one script, `BEGIN IMMEDIATE; …; COMMIT`, sent to SQLite in a single
+/// round trip: each run of consecutive sets is one multi-row upsert (the last write of a key in
+/// the run wins, as it would one by one), each run of deletes one statement.
 async fn commit_batch(
     conn: &mut SqliteConnection,
     writes: &[&Write],
     now: i64,
 ) -> Result<(), sqlx::Error> {
-    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    let mut sql = String::from("BEGIN IMMEDIATE;");
+    let mut binds: Vec<Bind<'_>> = Vec::with_capacity(writes.len() * 6 + 1);
     let mut start = 0;
     while start < writes.len() {
         let kind = std::mem::discriminant(writes[start]);
@@ -674,7 +705,7 @@ async fn commit_batch(
                         last.insert((plugin, key), index);
                     }
                 }
-                let mut query = sqlx::query(AssertSqlSafe(upsert_sql(last.len())));
+                sql.push_str(&upsert_sql(last.len()));
                 for (index, write) in run.iter().enumerate() {
                     if let Write::Set {
                         plugin,
@@ -684,31 +715,45 @@ async fn commit_batch(
                     } = write
                         && last.get(&(plugin.as_str(), key.as_str())) == Some(&index)
                     {
-                        query = query
-                            .bind(plugin.clone())
-                            .bind(key.clone())
-                            .bind(value.get().to_owned())
-                            .bind(expires_at(now, *ttl_seconds))
-                            .bind(now)
-                            .bind(now);
+                        binds.extend([
+                            Bind::Text(plugin),
+                            Bind::Text(key),
+                            Bind::Text(value.get()),
+                            Bind::Int(expires_at(now, *ttl_seconds)),
+                            Bind::Int(Some(now)),
+                            Bind::Int(Some(now)),
+                        ]);
                     }
                 }
-                query.execute(&mut *tx).await?;
             }
             Write::Delete { .. } => {
-                let mut query = sqlx::query(AssertSqlSafe(delete_sql(run.len()))).bind(now);
+                sql.push_str(&delete_sql(run.len()));
+                binds.push(Bind::Int(Some(now)));
                 for write in run {
                     if let Write::Delete { plugin, key } = write {
-                        query = query.bind(plugin.clone()).bind(key.clone());
+                        binds.extend([Bind::Text(plugin), Bind::Text(key)]);
                     }
                 }
-                query.execute(&mut *tx).await?;
             }
             Write::Purge => unreachable!("`plan` sends batches with a purge to `commit_each`"),
         }
+        sql.push(';');
         start = end;
     }
-    tx.commit().await
+    sql.push_str("COMMIT;");
+    let mut query = sqlx::query(AssertSqlSafe(sql));
+    for bind in binds {
+        query = match bind {
+            Bind::Text(text) => query.bind(text),
+            Bind::Int(int) => query.bind(int),
+        };
+    }
+    let outcome = query.execute(&mut *conn).await;
+    if outcome.is_err() {
+        // A statement failed inside the script: end the transaction it left open.
+        let _ = conn.execute("ROLLBACK").await;
+    }
+    outcome.map(drop)
 }
 
 /// One statement per write in one transaction, each reporting its own row count: the path when

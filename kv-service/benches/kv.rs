@@ -136,9 +136,15 @@ async fn run(floor: tokio::runtime::Handle) {
                 "DATABASE_URL",
                 format!("sqlite://{}", dir.path().join("kv.db").display()),
             )
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_SERVICE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(match std::env::var_os("BENCH_SERVICE_LOG_FILE") {
+                Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
+                None => Stdio::inherit(),
+            })
             .spawn()
             .expect("kv-service binary"),
         _dir: dir,
@@ -267,9 +273,35 @@ async fn run(floor: tokio::runtime::Handle) {
             );
         }
     }
+    let peak_before_large = service.peak_rss_kib();
+
+    // Memory under large values: 64 clients setting unique 60 KB values.
+    let large_seconds: f64 = env_or("BENCH_LARGE_SECONDS", 3.0);
+    let large: Arc<dyn Fn(u64) -> Bytes + Send + Sync> = Arc::new(|i| {
+        Bytes::from(format!(
+            r#"{{"plugin_name":"large","key":"{}","value":"{:0>60000}"}}"#,
+            key(i),
+            i
+        ))
+    });
+    let report = drive(
+        &driver,
+        "rosey.db.kv.set",
+        64,
+        Duration::from_secs_f64(large_seconds),
+        large,
+    )
+    .await;
     println!(
-        "\nkv-service RSS: idle {} MiB, peak {} MiB",
+        "\n64 clients x 60 KB sets for {large_seconds} s: {} acknowledged, {} errors, {:.0}/s",
+        report.requests - report.errors,
+        report.errors,
+        report.throughput()
+    );
+    println!(
+        "kv-service RSS: idle {} MiB, peak {} MiB before the 60 KB phase, peak {} MiB overall",
         idle_rss.map_or("?".into(), |kib| format!("{:.1}", kib as f64 / 1024.0)),
+        peak_before_large.map_or("?".into(), |kib| format!("{:.1}", kib as f64 / 1024.0)),
         service
             .peak_rss_kib()
             .map_or("?".into(), |kib| format!("{:.1}", kib as f64 / 1024.0)),

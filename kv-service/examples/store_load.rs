@@ -28,10 +28,16 @@ async fn main() {
         tasks.push(tokio::spawn(async move {
             while Instant::now() < deadline {
                 let n = counter.fetch_add(1, Ordering::Relaxed);
-                let value: Value =
-                    RawValue::from_string(format!("\"{n:0>126}\"")).unwrap().into();
+                let value: Value = RawValue::from_string(format!("\"{n:0>126}\""))
+                    .unwrap()
+                    .into();
                 store
-                    .set("bench", &format!("key-{:05}", n * 7919 % 10_000), value, None)
+                    .set(
+                        "bench",
+                        &format!("key-{:05}", n * 7919 % 10_000),
+                        value,
+                        None,
+                    )
                     .await
                     .expect("set");
             }

@@ -49,6 +49,9 @@ pub struct ServeConfig {
     /// SQLite.
     #[arg(long, env = "MIRROR_MB", default_value_t = 48)]
     pub mirror_mb: usize,
+    /// Async worker threads; 1 runs everything on one thread (SQLite has its own).
+    #[arg(long, env = "WORKER_THREADS", default_value_t = 1)]
+    pub worker_threads: usize,
     /// NATS queue group shared by all instances.
     #[arg(long, env = "QUEUE_GROUP", default_value = nats_rpc::DEFAULT_QUEUE_GROUP)]
     pub queue_group: String,

@@ -521,6 +521,7 @@ async fn run_writer(
     let mut batch: Vec<Command> = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let now = now_ms();
+        let started = std::time::Instant::now();
         let writes: Vec<&Write> = batch.iter().map(|command| &command.write).collect();
         let outcome = {
             // Only this task changes the mirror, so reading it here without holding the lock
@@ -538,6 +539,11 @@ async fn run_writer(
         match outcome {
             Ok(applied) => {
                 apply(&mirror, &writes, now);
+                tracing::trace!(
+                    writes = writes.len(),
+                    micros = started.elapsed().as_micros() as u64,
+                    "committed"
+                );
                 for (command, applied) in batch.drain(..).zip(applied) {
                     let _ = command.done.send(Ok(applied));
                 }

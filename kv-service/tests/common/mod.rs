@@ -45,6 +45,7 @@ impl Harness {
             synchronous_full: false,
             max_in_flight: nats_rpc::DEFAULT_MAX_IN_FLIGHT,
             mirror_mb: 48,
+            worker_threads: 1,
             queue_group: nats_rpc::DEFAULT_QUEUE_GROUP.into(),
         };
         tweak(&mut config);

@@ -2,101 +2,14 @@
 //! the ready line, SIGTERM drains and exits 0, it keeps serving across a NATS restart, and the
 //! `schemas` subcommand.
 
-use std::io::Read;
-use std::process::{Child, Command, ExitStatus, Stdio};
+mod common;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use common::process::{BIN, Running, call, ready};
 use nats_rpc::testing::{NatsServer, free_port};
 use serde_json::{Value, json};
-
-const BIN: &str = env!("CARGO_BIN_EXE_kv-service");
-
-struct Running {
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Running {
-    fn start(nats_url: &str) -> Running {
-        let dir = tempfile::tempdir().unwrap();
-        let child = Command::new(BIN)
-            .env("NATS_URL", nats_url)
-            .env(
-                "DATABASE_URL",
-                format!("sqlite://{}", dir.path().join("kv.db").display()),
-            )
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("kv-service runs");
-        Running { child, _dir: dir }
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    fn wait(&mut self, limit: Duration) -> (ExitStatus, String) {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                let mut log = String::new();
-                self.child
-                    .stderr
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut log)
-                    .unwrap();
-                return (status, log);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "kv-service still running after {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn ready(client: &async_nats::Client) {
-    for _ in 0..400 {
-        let ping = tokio::time::timeout(
-            Duration::from_millis(200),
-            client.request("$SRV.PING.kv-service", Bytes::new()),
-        )
-        .await;
-        if let Ok(Ok(_)) = ping {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("kv-service did not become ready");
-}
-
-async fn call(client: &async_nats::Client, op: &str, body: Value) -> Value {
-    let reply = tokio::time::timeout(
-        Duration::from_secs(5),
-        client.request(format!("rosey.db.kv.{op}"), body.to_string().into()),
-    )
-    .await
-    .expect("a reply within 5 s")
-    .expect("request");
-    serde_json::from_slice(&reply.payload).unwrap()
-}
 
 #[test]
 fn unreachable_nats_fails_fast_naming_the_url() {

@@ -2,6 +2,8 @@
 //! in-process on a fresh SQLite file, and helpers to send raw requests and read replies.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::path::PathBuf;
 use std::time::Duration;
 

@@ -809,7 +809,7 @@ async fn list_prefix_at_the_top_code_points() {
     let kv = Harness::start().await;
     let top = "\u{10FFFF}";
     let keys = [
-        format!("{top}"),
+        top.to_string(),
         format!("{top}x"),
         format!("{top}{top}"),
         "\u{10FFFE}".to_owned(),

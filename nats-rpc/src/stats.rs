@@ -42,11 +42,7 @@ impl EndpointStats {
     pub(crate) fn snapshot(&self) -> StatsSnapshot {
         let num_requests = self.requests.load(Ordering::Relaxed);
         let total = self.processing_nanos.load(Ordering::Relaxed);
-        let average = if num_requests == 0 {
-            0
-        } else {
-            total / num_requests
-        };
+        let average = total.checked_div(num_requests).unwrap_or(0);
         StatsSnapshot {
             num_requests,
             num_errors: self.errors.load(Ordering::Relaxed),

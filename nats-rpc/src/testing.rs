@@ -263,7 +263,7 @@ pub mod load {
         }
         values.sort_by(|a, b| a.total_cmp(b));
         let mid = values.len() / 2;
-        if values.len() % 2 == 0 {
+        if values.len().is_multiple_of(2) {
             (values[mid - 1] + values[mid]) / 2.0
         } else {
             values[mid]

@@ -685,15 +685,15 @@ enum Bind<'a> {
     Int(Option<i64>),
 }
 
-/// The whole batch as one script, `BEGIN IMMEDIATE; …; COMMIT`, sent to SQLite in a single
-/// round trip: each run of consecutive sets is one multi-row upsert (the last write of a key in
-/// the run wins, as it would one by one), each run of deletes one statement.
+/// The whole batch sent to SQLite in a single round trip: each run of consecutive sets is one
+/// multi-row upsert (the last write of a key in the run wins, as it would one by one), each run
+/// of deletes one statement; several statements go as one `BEGIN IMMEDIATE; …; COMMIT` script.
 async fn commit_batch(
     conn: &mut SqliteConnection,
     writes: &[&Write],
     now: i64,
 ) -> Result<(), sqlx::Error> {
-    let mut sql = String::from("BEGIN IMMEDIATE;");
+    let mut statements: Vec<String> = Vec::new();
     let mut binds: Vec<Bind<'_>> = Vec::with_capacity(writes.len() * 6 + 1);
     let mut start = 0;
     while start < writes.len() {
@@ -711,7 +711,7 @@ async fn commit_batch(
                         last.insert((plugin, key), index);
                     }
                 }
-                sql.push_str(&upsert_sql(last.len()));
+                statements.push(upsert_sql(last.len()));
                 for (index, write) in run.iter().enumerate() {
                     if let Write::Set {
                         plugin,
@@ -733,7 +733,7 @@ async fn commit_batch(
                 }
             }
             Write::Delete { .. } => {
-                sql.push_str(&delete_sql(run.len()));
+                statements.push(delete_sql(run.len()));
                 binds.push(Bind::Int(Some(now)));
                 for write in run {
                     if let Write::Delete { plugin, key } = write {
@@ -743,10 +743,13 @@ async fn commit_batch(
             }
             Write::Purge => unreachable!("`plan` sends batches with a purge to `commit_each`"),
         }
-        sql.push(';');
         start = end;
     }
-    sql.push_str("COMMIT;");
+    // One statement is atomic on its own (autocommit); several share a transaction.
+    let sql = match &statements[..] {
+        [single] => single.clone(),
+        several => format!("BEGIN IMMEDIATE;{};COMMIT;", several.join(";")),
+    };
     let mut query = sqlx::query(AssertSqlSafe(sql));
     for bind in binds {
         query = match bind {

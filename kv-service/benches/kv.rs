@@ -92,7 +92,17 @@ impl Service {
 }
 
 impl Drop for Service {
+    /// SIGTERM first (a profiler wrapping the service then writes its output), SIGKILL after 30 s.
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        for _ in 0..300 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -130,7 +140,8 @@ async fn run(floor: tokio::runtime::Handle) {
     let nats = NatsServer::start();
     let dir = tempfile::tempdir().expect("temp dir");
     let service = Service {
-        child: Command::new(env!("CARGO_BIN_EXE_kv-service"))
+        // `BENCH_SERVICE_WRAPPER="valgrind --tool=callgrind"` profiles the service itself.
+        child: service_command()
             .env("NATS_URL", nats.url())
             .env(
                 "DATABASE_URL",
@@ -306,6 +317,19 @@ async fn run(floor: tokio::runtime::Handle) {
             .peak_rss_kib()
             .map_or("?".into(), |kib| format!("{:.1}", kib as f64 / 1024.0)),
     );
+}
+
+fn service_command() -> Command {
+    let binary = env!("CARGO_BIN_EXE_kv-service");
+    match std::env::var("BENCH_SERVICE_WRAPPER") {
+        Ok(wrapper) if !wrapper.trim().is_empty() => {
+            let mut words = wrapper.split_whitespace();
+            let mut command = Command::new(words.next().expect("a wrapper program"));
+            command.args(words).arg(binary);
+            command
+        }
+        _ => Command::new(binary),
+    }
 }
 
 async fn wait_ready(client: &async_nats::Client) {

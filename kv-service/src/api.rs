@@ -221,33 +221,35 @@ pub async fn list(store: &Store, request: ListRequest) -> Result<ListReply, KvEr
 /// input is valid JSON (a `RawValue`), so outside strings every byte is structural, a literal or
 /// whitespace, and dropping the whitespace keeps numbers and strings exactly as sent.
 pub fn compact(json: &str) -> Cow<'_, str> {
+    let is_space = |byte: &u8| matches!(byte, b' ' | b'\n' | b'\r' | b'\t');
     let bytes = json.as_bytes();
-    let mut out: Option<Vec<u8>> = None;
+    // Most values carry no whitespace at all: one quick scan proves it.
+    if !bytes.iter().any(is_space) {
+        return Cow::Borrowed(json);
+    }
+    let mut out = Vec::with_capacity(bytes.len());
     let (mut in_string, mut escaped) = (false, false);
-    for (index, &byte) in bytes.iter().enumerate() {
-        let insignificant = if in_string {
+    for &byte in bytes {
+        if in_string {
             match (escaped, byte) {
                 (true, _) => escaped = false,
                 (false, b'\\') => escaped = true,
                 (false, b'"') => in_string = false,
                 _ => {}
             }
-            false
-        } else {
-            in_string = byte == b'"';
-            matches!(byte, b' ' | b'\n' | b'\r' | b'\t')
-        };
-        match (&mut out, insignificant) {
-            (None, true) => out = Some(bytes[..index].to_vec()),
-            (Some(out), false) => out.push(byte),
-            _ => {}
+        } else if byte == b'"' {
+            in_string = true;
+        } else if is_space(&byte) {
+            continue;
         }
+        out.push(byte);
     }
-    match out {
-        None => Cow::Borrowed(json),
-        // Only ASCII whitespace was removed, so the bytes are still UTF-8.
-        Some(out) => Cow::Owned(String::from_utf8(out).expect("compacted JSON is UTF-8")),
+    if out.len() == bytes.len() {
+        // The whitespace was all inside strings.
+        return Cow::Borrowed(json);
     }
+    // Only ASCII whitespace was removed, so the bytes are still UTF-8.
+    Cow::Owned(String::from_utf8(out).expect("compacted JSON is UTF-8"))
 }
 
 /// The four endpoints' schemas, in subject order, for `kv-service schemas` and the docs.
@@ -269,6 +271,7 @@ mod tests {
     #[test]
     fn compact_borrows_when_already_compact() {
         assert!(matches!(compact(r#"{"a":[1,2]}"#), Cow::Borrowed(_)));
+        assert!(matches!(compact(r#"{"a":"b c"}"#), Cow::Borrowed(_)));
     }
 
     #[test]

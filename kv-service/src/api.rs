@@ -223,8 +223,9 @@ pub async fn list(store: &Store, request: ListRequest) -> Result<ListReply, KvEr
 pub fn compact(json: &str) -> Cow<'_, str> {
     let is_space = |byte: &u8| matches!(byte, b' ' | b'\n' | b'\r' | b'\t');
     let bytes = json.as_bytes();
-    // Most values carry no whitespace at all: one quick scan proves it.
-    if !bytes.iter().any(is_space) {
+    // Most values carry no whitespace at all: one quick scan proves it. Valid JSON has no raw
+    // control characters, so every byte <= b' ' is whitespace (or a space inside a string).
+    if !bytes.iter().any(|&byte| byte <= b' ') {
         return Cow::Borrowed(json);
     }
     let mut out = Vec::with_capacity(bytes.len());

@@ -15,7 +15,7 @@
 //! through a pool of read-only connections that WAL lets run beside the writer. The service must
 //! be the only writer of its database file: the mirror does not see changes made behind its back.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::str::FromStr;
 use std::sync::{Arc, RwLock};
@@ -106,7 +106,7 @@ pub struct Store {
 /// Expired rows may linger until the next purge; readers skip them.
 #[derive(Debug, Default)]
 struct Mirror {
-    plugins: HashMap<String, BTreeMap<String, Entry>>,
+    plugins: BTreeMap<String, BTreeMap<String, Entry>>,
     bytes: usize,
     budget: usize,
 }
@@ -580,7 +580,7 @@ async fn run_writer(
 /// plus the batch's own earlier writes: a delete reports whether a live key was there. `None`
 /// for a batch holding a purge, whose count only SQLite knows (it deletes a bounded chunk).
 fn plan(mirror: &Mirror, writes: &[&Write], now: i64) -> Option<Vec<Applied>> {
-    let mut overlay: HashMap<(&str, &str), bool> = HashMap::new();
+    let mut overlay: BTreeMap<(&str, &str), bool> = BTreeMap::new();
     writes
         .iter()
         .map(|write| match write {
@@ -705,7 +705,7 @@ async fn commit_batch(
         let run = &writes[start..end];
         match run[0] {
             Write::Set { .. } => {
-                let mut last: HashMap<(&str, &str), usize> = HashMap::with_capacity(run.len());
+                let mut last: BTreeMap<(&str, &str), usize> = BTreeMap::new();
                 for (index, write) in run.iter().enumerate() {
                     if let Write::Set { plugin, key, .. } = write {
                         last.insert((plugin, key), index);

@@ -180,12 +180,7 @@ pub async fn set(store: &Store, request: SetRequest) -> Result<SetReply, SetErro
         return Err(SetError::ValueTooLarge { size });
     }
     store
-        .set(
-            &request.plugin_name,
-            &request.key,
-            value,
-            request.ttl_seconds,
-        )
+        .set(request.plugin_name, request.key, value, request.ttl_seconds)
         .await?;
     Ok(SetReply {})
 }

@@ -277,14 +277,14 @@ impl Store {
     /// Upserts `key` with `value`; replaces any earlier TTL. Returns once committed.
     pub async fn set(
         &self,
-        plugin: &str,
-        key: &str,
+        plugin: impl Into<String>,
+        key: impl Into<String>,
         value: Value,
         ttl_seconds: Option<u32>,
     ) -> Result<(), StoreError> {
         self.write(Write::Set {
-            plugin: plugin.to_owned(),
-            key: key.to_owned(),
+            plugin: plugin.into(),
+            key: key.into(),
             value,
             ttl_seconds,
         })

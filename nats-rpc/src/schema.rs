@@ -85,28 +85,14 @@ impl RequestValidator {
     pub fn from_schema(schema: &Value) -> Result<Self, SchemaError> {
         let validator = compile(schema)?;
         let properties = schema.get("properties").and_then(Value::as_object);
+        // schemars lists required fields in declaration order, the order the contract gives
+        // MISSING_FIELD precedence in.
         let required_names: Vec<&str> = schema
             .get("required")
             .and_then(Value::as_array)
             .map(|names| names.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
-        // Report in declaration order (the order of `properties`), which is the order a reader of
-        // the type expects and the order the contract gives precedence in.
-        let mut ordered: Vec<&str> = properties
-            .map(|props| {
-                props
-                    .keys()
-                    .map(String::as_str)
-                    .filter(|name| required_names.contains(name))
-                    .collect()
-            })
-            .unwrap_or_default();
-        for name in &required_names {
-            if !ordered.contains(name) {
-                ordered.push(name);
-            }
-        }
-        let required = ordered
+        let required = required_names
             .into_iter()
             .map(|name| {
                 let field = properties

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use nats_rpc::testing::NatsServer;
-use nats_rpc::testing::load::{Report, bare_responder, drive, median};
+use nats_rpc::testing::load::{Report, Summary, bare_responder, drive, median};
 
 const KEYS: u64 = 10_000;
 
@@ -174,7 +174,7 @@ async fn run(floor: tokio::runtime::Handle) {
         .connect(nats.url())
         .await
         .expect("driver");
-    wait_ready(&driver).await;
+    nats_rpc::testing::wait_for_service(&driver, "kv-service").await;
     let idle_rss = service.rss_kib();
 
     // The working set: 10,000 keys of 128 bytes.
@@ -264,23 +264,20 @@ async fn run(floor: tokio::runtime::Handle) {
                 floors.push(f);
                 kvs.push(k);
             }
-            let med = |runs: &[Report], pick: &dyn Fn(&Report) -> f64| {
-                median(&mut runs.iter().map(pick).collect::<Vec<_>>())
-            };
-            let us = |p: f64| move |r: &Report| r.percentile(p).as_secs_f64() * 1e6;
+            let (floor, kv) = (Summary::of(&floors), Summary::of(&kvs));
             println!(
                 "{:<5} {:>6} | {:>10.0} {:>10.0} {:>5.2}x | {:>6.0}us {:>6.0}us {:>8} | {:>6.0}us {:>6.0}us {:>6.0}us",
                 op,
                 in_flight,
-                med(&floors, &|r| r.throughput()),
-                med(&kvs, &|r| r.throughput()),
+                floor.throughput,
+                kv.throughput,
                 median(&mut ratios),
-                med(&floors, &us(50.0)),
-                med(&floors, &us(99.0)),
+                floor.p50_us,
+                floor.p99_us,
                 "",
-                med(&kvs, &us(50.0)),
-                med(&kvs, &us(95.0)),
-                med(&kvs, &us(99.0)),
+                kv.p50_us,
+                kv.p95_us,
+                kv.p99_us,
             );
         }
     }
@@ -330,19 +327,4 @@ fn service_command() -> Command {
         }
         _ => Command::new(binary),
     }
-}
-
-async fn wait_ready(client: &async_nats::Client) {
-    for _ in 0..400 {
-        let ping = tokio::time::timeout(
-            Duration::from_millis(200),
-            client.request("$SRV.PING.kv-service", Bytes::new()),
-        )
-        .await;
-        if let Ok(Ok(_)) = ping {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("kv-service did not become ready");
 }

@@ -643,12 +643,7 @@ fn upsert_sql(rows: usize) -> String {
     let mut sql = String::from(
         "INSERT INTO kv (plugin_name, key, value, expires_at, created_at, updated_at) VALUES ",
     );
-    for row in 0..rows {
-        if row > 0 {
-            sql.push(',');
-        }
-        sql.push_str("(?,?,?,?,?,?)");
-    }
+    push_rows(&mut sql, rows, "(?,?,?,?,?,?)");
     sql.push_str(
         " ON CONFLICT (plugin_name, key) DO UPDATE SET \
            value = excluded.value, \
@@ -665,14 +660,19 @@ fn delete_sql(rows: usize) -> String {
     let mut sql = String::from(
         "DELETE FROM kv WHERE (expires_at IS NULL OR expires_at > ?) AND (plugin_name, key) IN (VALUES ",
     );
-    for row in 0..rows {
-        if row > 0 {
-            sql.push(',');
-        }
-        sql.push_str("(?,?)");
-    }
+    push_rows(&mut sql, rows, "(?,?)");
     sql.push(')');
     sql
+}
+
+/// `row,row,…`: `rows` copies of a placeholder tuple (SQL text only; values are bound).
+fn push_rows(sql: &mut String, rows: usize, row: &str) {
+    for index in 0..rows {
+        if index > 0 {
+            sql.push(',');
+        }
+        sql.push_str(row);
+    }
 }
 
 const PURGE_SQL: &str = "DELETE FROM kv WHERE (plugin_name, key) IN \

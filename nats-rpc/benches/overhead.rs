@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use nats_rpc::testing::NatsServer;
-use nats_rpc::testing::load::{Report, bare_responder, drive, median};
+use nats_rpc::testing::load::{Report, Summary, bare_responder, drive, median};
 use nats_rpc::{Service, nats_rpc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -118,22 +118,19 @@ async fn run() {
             floor_runs.push(f);
             rpc_runs.push(r);
         }
-        let med = |runs: &[Report], pick: &dyn Fn(&Report) -> f64| {
-            median(&mut runs.iter().map(pick).collect::<Vec<_>>())
-        };
-        let us = |p: f64| move |r: &Report| r.percentile(p).as_secs_f64() * 1e6;
+        let (floor, rpc) = (Summary::of(&floor_runs), Summary::of(&rpc_runs));
         println!(
             "{:>9} | {:>12.0} {:>12.0} {:>6.2}x | {:>7.0}us {:>7.0}us {:>7.0}us | {:>7.0}us {:>7.0}us {:>7.0}us",
             in_flight,
-            med(&floor_runs, &|r| r.throughput()),
-            med(&rpc_runs, &|r| r.throughput()),
+            floor.throughput,
+            rpc.throughput,
             median(&mut ratios),
-            med(&floor_runs, &us(50.0)),
-            med(&floor_runs, &us(95.0)),
-            med(&floor_runs, &us(99.0)),
-            med(&rpc_runs, &us(50.0)),
-            med(&rpc_runs, &us(95.0)),
-            med(&rpc_runs, &us(99.0)),
+            floor.p50_us,
+            floor.p95_us,
+            floor.p99_us,
+            rpc.p50_us,
+            rpc.p95_us,
+            rpc.p99_us,
         );
     }
     service.shutdown().await.expect("drain");

@@ -130,6 +130,27 @@ impl Drop for NatsServer {
     }
 }
 
+/// Waits until a service named `name` answers `$SRV.PING.<name>` (up to about 90 s, generous
+/// for a service started under a profiler).
+///
+/// # Panics
+/// When it never answers.
+pub async fn wait_for_service(client: &async_nats::Client, name: &str) {
+    let subject = format!("$SRV.PING.{name}");
+    for _ in 0..400 {
+        let ping = tokio::time::timeout(
+            Duration::from_millis(200),
+            client.request(subject.clone(), bytes::Bytes::new()),
+        )
+        .await;
+        if let Ok(Ok(_)) = ping {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("service `{name}` did not answer {subject}");
+}
+
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> io::Result<u16> {
     Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
@@ -254,6 +275,31 @@ pub mod load {
                 }
             }
         })
+    }
+
+    /// Medians over several runs of one case: throughput and latency percentiles (µs).
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    pub struct Summary {
+        pub throughput: f64,
+        pub p50_us: f64,
+        pub p95_us: f64,
+        pub p99_us: f64,
+    }
+
+    impl Summary {
+        /// The medians of `runs`.
+        pub fn of(runs: &[Report]) -> Summary {
+            let med = |pick: &dyn Fn(&Report) -> f64| {
+                median(&mut runs.iter().map(pick).collect::<Vec<_>>())
+            };
+            let us = |p: f64| move |r: &Report| r.percentile(p).as_secs_f64() * 1e6;
+            Summary {
+                throughput: med(&|r| r.throughput()),
+                p50_us: med(&us(50.0)),
+                p95_us: med(&us(95.0)),
+                p99_us: med(&us(99.0)),
+            }
+        }
     }
 
     /// The median of `values` (0 when empty).

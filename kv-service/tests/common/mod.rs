@@ -77,18 +77,7 @@ impl Harness {
 
     /// Waits until the service answers `$SRV.PING.kv-service`.
     pub async fn wait_ready(&self) {
-        for _ in 0..200 {
-            let ping = tokio::time::timeout(
-                Duration::from_millis(200),
-                self.client.request("$SRV.PING.kv-service", Bytes::new()),
-            )
-            .await;
-            if let Ok(Ok(_)) = ping {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("kv-service did not become ready");
+        nats_rpc::testing::wait_for_service(&self.client, "kv-service").await;
     }
 
     pub fn db_path(&self) -> PathBuf {

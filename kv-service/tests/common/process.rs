@@ -5,7 +5,6 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_kv-service");
@@ -96,18 +95,7 @@ pub fn database_url(dir: &Path) -> String {
 }
 
 pub async fn ready(client: &async_nats::Client) {
-    for _ in 0..400 {
-        let ping = tokio::time::timeout(
-            Duration::from_millis(200),
-            client.request("$SRV.PING.kv-service", Bytes::new()),
-        )
-        .await;
-        if let Ok(Ok(_)) = ping {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("kv-service did not become ready");
+    nats_rpc::testing::wait_for_service(client, "kv-service").await;
 }
 
 pub async fn call(client: &async_nats::Client, op: &str, body: Value) -> Value {

@@ -79,7 +79,11 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()>) -> 
 /// reconnects on its own, forever, and resubscribes.
 async fn connect(config: &ServeConfig) -> Result<async_nats::Client, Error> {
     let url = config::redact_url(&config.nats_url);
-    let options = nats_rpc::connect_options()
+    let options = config
+        .credentials
+        .apply(nats_rpc::connect_options())
+        .await?;
+    let options = options
         .name("kv-service")
         .connection_timeout(Duration::from_secs(5))
         .event_callback(|event| async move {

@@ -48,6 +48,7 @@ impl Harness {
             max_in_flight: nats_rpc::DEFAULT_MAX_IN_FLIGHT,
             mirror_mb: 48,
             worker_threads: 1,
+            credentials: Default::default(),
             queue_group: nats_rpc::DEFAULT_QUEUE_GROUP.into(),
         };
         tweak(&mut config);

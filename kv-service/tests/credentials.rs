@@ -1,0 +1,133 @@
+//! kv-service authenticates to a nats-server that requires user/password, a token or an NKey,
+//! from environment variables, and never writes the secret to its log.
+
+mod common;
+
+use std::time::Duration;
+
+use common::process::{Running, call, ready};
+use nats_rpc::testing::NatsServer;
+use serde_json::json;
+
+/// Starts nats-server with `authorization { … }` and returns it with its config folder.
+fn server_requiring(authorization: &str) -> (NatsServer, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("nats.conf");
+    std::fs::write(&config, format!("authorization {{ {authorization} }}\n")).unwrap();
+    (NatsServer::start_with_config(&config), dir)
+}
+
+/// Runs kv-service with `env`, checks it serves a set/get for a client connecting with
+/// `client_options`, stops it with SIGTERM and returns its log.
+async fn serves_with(
+    nats: &NatsServer,
+    env: &[(&str, &str)],
+    client_options: async_nats::ConnectOptions,
+) -> String {
+    let mut service = Running::start_in(&nats.url(), tempfile::tempdir().unwrap(), env);
+    let client = client_options
+        .connect(nats.url())
+        .await
+        .expect("test client authenticates");
+    ready(&client).await;
+    assert_eq!(
+        call(
+            &client,
+            "set",
+            json!({"plugin_name": "p", "key": "k", "value": "v"})
+        )
+        .await,
+        json!({"success": true, "data": {}})
+    );
+    assert_eq!(
+        call(&client, "get", json!({"plugin_name": "p", "key": "k"})).await,
+        json!({"success": true, "data": {"exists": true, "value": "v"}})
+    );
+    service.signal("-TERM");
+    let (status, log) = tokio::task::spawn_blocking(move || service.wait(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert!(status.success(), "{log}");
+    log
+}
+
+fn refused(nats: &NatsServer, env: &[(&str, &str)]) -> String {
+    let mut service = Running::start_in(&nats.url(), tempfile::tempdir().unwrap(), env);
+    let (status, log) = service.wait(Duration::from_secs(10));
+    assert!(
+        !status.success(),
+        "kv-service must not start without valid credentials: {log}"
+    );
+    log
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_and_password() {
+    let (nats, _dir) = server_requiring(r#"user: "kv", password: "pw-s3cret-9""#);
+    let log = serves_with(
+        &nats,
+        &[
+            ("NATS_USER", "kv"),
+            ("NATS_PASSWORD", "pw-s3cret-9"),
+            ("RUST_LOG", "debug"),
+        ],
+        async_nats::ConnectOptions::with_user_and_password("kv".into(), "pw-s3cret-9".into()),
+    )
+    .await;
+    assert!(
+        !log.contains("pw-s3cret-9"),
+        "the password leaked into the log"
+    );
+    let log = refused(
+        &nats,
+        &[("NATS_USER", "kv"), ("NATS_PASSWORD", "wrong-pw-7")],
+    );
+    assert!(log.contains("cannot connect to NATS at"), "{log}");
+    assert!(!log.contains("wrong-pw-7"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token() {
+    let (nats, _dir) = server_requiring(r#"token: "tok-s3cret-42""#);
+    let log = serves_with(
+        &nats,
+        &[("NATS_TOKEN", "tok-s3cret-42"), ("RUST_LOG", "debug")],
+        async_nats::ConnectOptions::with_token("tok-s3cret-42".into()),
+    )
+    .await;
+    assert!(
+        !log.contains("tok-s3cret-42"),
+        "the token leaked into the log"
+    );
+    let log = refused(&nats, &[]);
+    assert!(log.contains("cannot connect to NATS at"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nkey_seed_file() {
+    let service_key = nkeys::KeyPair::new_user();
+    let client_key = nkeys::KeyPair::new_user();
+    let (nats, dir) = server_requiring(&format!(
+        r#"users: [ {{ nkey: "{}" }}, {{ nkey: "{}" }} ]"#,
+        service_key.public_key(),
+        client_key.public_key()
+    ));
+    let seed = service_key.seed().unwrap();
+    let seed_file = dir.path().join("kv.nk");
+    std::fs::write(&seed_file, format!("{seed}\n")).unwrap();
+    let log = serves_with(
+        &nats,
+        &[
+            ("NATS_NKEY_SEED_FILE", seed_file.to_str().unwrap()),
+            ("RUST_LOG", "debug"),
+        ],
+        async_nats::ConnectOptions::with_nkey(client_key.seed().unwrap()),
+    )
+    .await;
+    assert!(!log.contains(&seed), "the seed leaked into the log");
+    let missing = refused(&nats, &[("NATS_NKEY_SEED_FILE", "/nonexistent/kv.nk")]);
+    assert!(
+        missing.contains("cannot read the NKey seed file /nonexistent/kv.nk"),
+        "{missing}"
+    );
+}

@@ -5,15 +5,27 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use kv_service::config::{Cli, Command};
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    // async-nats logs message bodies (stored values) at trace and the server URL, credentials
+    // included, at debug: whatever RUST_LOG asks for, it gets at most info.
+    let requested = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let secrets_safe = Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_target("async_nats", LevelFilter::INFO);
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_filter(requested)
+                .with_filter(secrets_safe),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
     // One thread by default: on a small machine shared with nats-server, a single-threaded

@@ -28,7 +28,9 @@ fn unreachable_nats_fails_fast_naming_the_url() {
 #[test]
 fn credentials_in_the_url_never_reach_the_log() {
     let url = format!("nats://alice:s3cr3t-pw@127.0.0.1:{}", free_port().unwrap());
-    let mut service = Running::start(&url);
+    // Even at trace level, where async-nats would print the URL with its password.
+    let mut service =
+        Running::start_in(&url, tempfile::tempdir().unwrap(), &[("RUST_LOG", "trace")]);
     let (status, log) = service.wait(Duration::from_secs(10));
     assert!(!status.success());
     assert!(!log.contains("s3cr3t-pw"), "secret leaked: {log}");
@@ -144,5 +146,53 @@ fn schemas_subcommand_writes_every_schema() {
     assert_eq!(
         String::from_utf8(output.stdout).unwrap().lines().count(),
         12
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_values_never_reach_the_log_even_at_trace_level() {
+    let nats = NatsServer::start();
+    let mut service = Running::start_in(
+        &nats.url(),
+        tempfile::tempdir().unwrap(),
+        &[("RUST_LOG", "trace")],
+    );
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    ready(&client).await;
+    let marker = "value-marker-8d1f3c";
+    call(
+        &client,
+        "set",
+        json!({"plugin_name": "p", "key": "k", "value": marker}),
+    )
+    .await;
+    call(&client, "get", json!({"plugin_name": "p", "key": "k"})).await;
+    let too_large = call(
+        &client,
+        "set",
+        json!({"plugin_name": "p", "key": "big", "value": format!("{marker}{}", "x".repeat(70_000))}),
+    )
+    .await;
+    assert_eq!(too_large["error"]["code"], "VALUE_TOO_LARGE");
+    let invalid = call(
+        &client,
+        "set",
+        json!({"plugin_name": "P!", "key": "k", "value": marker}),
+    )
+    .await;
+    assert_eq!(invalid["error"]["code"], "VALIDATION_ERROR");
+    service.signal("-TERM");
+    let (status, log) = tokio::task::spawn_blocking(move || service.wait(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        log.contains("kv-service ready"),
+        "the log was captured: {log}"
+    );
+    let leaks: Vec<&str> = log.lines().filter(|line| line.contains(marker)).collect();
+    assert!(
+        leaks.is_empty(),
+        "a stored value reached the log: {leaks:#?}"
     );
 }

@@ -12,6 +12,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_kv-service");
 pub struct Running {
     pub child: Child,
     pub dir: tempfile::TempDir,
+    /// stderr, drained continuously so a chatty log never blocks the service on a full pipe.
+    log: Option<std::thread::JoinHandle<String>>,
 }
 
 impl Running {
@@ -22,7 +24,7 @@ impl Running {
 
     /// Starts kv-service on the database in `dir` (kept), with extra environment.
     pub fn start_in(nats_url: &str, dir: tempfile::TempDir, env: &[(&str, &str)]) -> Running {
-        let child = Command::new(BIN)
+        let mut child = Command::new(BIN)
             .env("NATS_URL", nats_url)
             .env("DATABASE_URL", database_url(dir.path()))
             .env("RUST_LOG", "info")
@@ -31,7 +33,17 @@ impl Running {
             .stderr(Stdio::piped())
             .spawn()
             .expect("kv-service runs");
-        Running { child, dir }
+        let mut stderr = child.stderr.take().expect("piped stderr");
+        let log = std::thread::spawn(move || {
+            let mut log = String::new();
+            let _ = stderr.read_to_string(&mut log);
+            log
+        });
+        Running {
+            child,
+            dir,
+            log: Some(log),
+        }
     }
 
     pub fn signal(&self, signal: &str) {
@@ -65,13 +77,11 @@ impl Running {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                let mut log = String::new();
-                self.child
-                    .stderr
+                let log = self
+                    .log
                     .take()
-                    .unwrap()
-                    .read_to_string(&mut log)
-                    .unwrap();
+                    .map(|log| log.join().unwrap())
+                    .unwrap_or_default();
                 return (status, log);
             }
             assert!(

@@ -79,6 +79,8 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored value is not valid JSON: {0}")]
     Corrupt(serde_json::Error),
+    #[error("database error: {0}")]
+    Write(Arc<sqlx::Error>),
     #[error("the store's writer has stopped")]
     Closed,
 }
@@ -232,7 +234,9 @@ impl Store {
             } else {
                 SqliteSynchronous::Normal
             })
-            .busy_timeout(Duration::from_secs(5));
+            // Only another process can hold the lock (the service has one writer); past this a
+            // write fails with INTERNAL_ERROR rather than leave its caller waiting.
+            .busy_timeout(Duration::from_secs(2));
         // Migrate through a one-connection pool: `Migrator::run` on a bare connection makes the
         // future non-`Send` (sqlx's `Acquire` lifetime quirk), and this one is spawned.
         let setup = SqlitePoolOptions::new()
@@ -548,13 +552,17 @@ async fn run_writer(
                     let _ = command.done.send(Ok(applied));
                 }
             }
-            Err(err) if batch.len() == 1 => {
-                tracing::error!(%err, "write failed");
-                let command = batch.pop().expect("one command");
-                let _ = command.done.send(Err(err.into()));
+            Err(err) if batch.len() == 1 || !row_level(&err) => {
+                // The database itself is failing (locked, full, read-only, gone): every write
+                // of the batch would fail the same way, so none is retried.
+                tracing::error!(%err, writes = batch.len(), "write failed");
+                let err = Arc::new(err);
+                for command in batch.drain(..) {
+                    let _ = command.done.send(Err(StoreError::Write(err.clone())));
+                }
             }
             Err(err) => {
-                // One bad write must not fail its neighbours: retry each alone, so every
+                // A row-level failure must not fail its neighbours: retry each alone, so every
                 // caller gets its own outcome.
                 tracing::warn!(%err, writes = batch.len(), "batch failed, committing its writes one by one");
                 for command in batch.drain(..) {
@@ -574,6 +582,19 @@ async fn run_writer(
     if let Err(err) = conn.close().await {
         tracing::warn!(%err, "closing the write connection");
     }
+}
+
+/// Errors that belong to one row (constraint, too big, type mismatch, out of range) rather than
+/// to the database as a whole: only those make retrying a batch's writes one by one worthwhile.
+fn row_level(err: &sqlx::Error) -> bool {
+    const TOOBIG: i32 = 18;
+    const CONSTRAINT: i32 = 19;
+    const MISMATCH: i32 = 20;
+    const RANGE: i32 = 25;
+    err.as_database_error()
+        .and_then(|db| db.code())
+        .and_then(|code| code.parse::<i32>().ok())
+        .is_some_and(|code| matches!(code & 0xff, TOOBIG | CONSTRAINT | MISMATCH | RANGE))
 }
 
 /// What each write of a batch will report, worked out from the mirror (the committed state)

@@ -146,3 +146,62 @@ async fn a_burst_of_5000_in_flight_gets_a_reply_for_every_request() {
     .await;
     assert_eq!(listing["data"]["count"], ok);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_database_answers_internal_error_and_recovers_when_released() {
+    use sqlx::{ConnectOptions, Connection};
+    let nats = NatsServer::start();
+    let service = Running::start(&nats.url());
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    ready(&client).await;
+    let set = |key: &'static str| {
+        let client = client.clone();
+        async move {
+            call(
+                &client,
+                "set",
+                json!({"plugin_name": "p", "key": key, "value": key}),
+            )
+            .await
+        }
+    };
+    assert_eq!(set("before").await, json!({"success": true, "data": {}}));
+
+    // Another process takes the write lock and keeps it.
+    let path = service.dir.path().join("kv.db");
+    let mut locker = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .connect()
+        .await
+        .unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    assert_eq!(
+        set("during").await,
+        json!({"success": false, "error": {"code": "INTERNAL_ERROR", "message": "Internal error"}})
+    );
+    println!(
+        "locked write answered INTERNAL_ERROR after {:?}",
+        started.elapsed()
+    );
+    // Reads keep working, and the failed write left no trace.
+    assert_eq!(
+        call(&client, "get", json!({"plugin_name": "p", "key": "before"})).await,
+        json!({"success": true, "data": {"exists": true, "value": "before"}})
+    );
+    assert_eq!(
+        call(&client, "get", json!({"plugin_name": "p", "key": "during"})).await,
+        json!({"success": true, "data": {"exists": false}})
+    );
+
+    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+    locker.close().await.unwrap();
+    assert_eq!(set("after").await, json!({"success": true, "data": {}}));
+    assert_eq!(
+        call(&client, "list", json!({"plugin_name": "p"})).await,
+        json!({"success": true, "data": {"keys": ["after", "before"], "count": 2, "truncated": false}})
+    );
+}

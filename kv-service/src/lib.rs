@@ -92,6 +92,10 @@ async fn connect(config: &ServeConfig) -> Result<async_nats::Client, Error> {
                 async_nats::Event::Disconnected => {
                     tracing::warn!("NATS connection lost, reconnecting")
                 }
+                async_nats::Event::SlowConsumer(_) => tracing::warn!(
+                    "requests dropped: the subscription buffer overflowed (slow consumer); \
+                     their senders time out"
+                ),
                 other => tracing::info!(event = %other, "NATS event"),
             }
         });

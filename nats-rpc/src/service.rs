@@ -28,10 +28,13 @@ pub const DEFAULT_QUEUE_GROUP: &str = "q";
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 512;
 /// Default time [`Service::shutdown`] waits for in-flight requests.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-/// Subscription buffer (messages) that [`connect_options`] sets: async-nats's default of 65,536
-/// messages could hold 4 GiB of 64 KB requests. Requests past the in-flight bound are answered
-/// `OVERLOADED` straight from the buffer, so it drains fast and this rarely fills.
-pub const SUBSCRIPTION_CAPACITY: usize = 4096;
+/// Subscription buffer (messages) that [`connect_options`] sets, instead of async-nats's 65,536
+/// (which could hold 4 GiB of 64 KB requests). Requests past the in-flight bound are answered
+/// `OVERLOADED` straight from the buffer, so it drains fast; it must still hold the largest burst
+/// clients put in flight at once (a 5,000-request burst overflowed 4,096 under load: async-nats
+/// then drops messages, and their senders time out). Memory for buffered requests is their own
+/// size, at most this many of them.
+pub const SUBSCRIPTION_CAPACITY: usize = 16_384;
 
 /// Connect options suited to a service: a bounded subscription buffer and a name. Start from
 /// these and add credentials, then `connect(url)`.

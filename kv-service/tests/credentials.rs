@@ -131,3 +131,60 @@ async fn nkey_seed_file() {
         "{missing}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_with_a_private_ca() {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, KeyUsagePurpose,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, contents: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, contents).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf = |names: Vec<String>| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server_cert, server_key) = leaf(vec!["localhost".into(), "127.0.0.1".into()]);
+    let (client_cert, client_key) = leaf(vec!["kv-service".into()]);
+    let ca_file = file("ca.pem", ca.pem());
+    let server_cert = file("server.pem", server_cert);
+    let server_key = file("server-key.pem", server_key);
+    let client_cert = file("client.pem", client_cert);
+    let client_key = file("client-key.pem", client_key);
+    let config = file(
+        "nats.conf",
+        format!(
+            "tls {{ cert_file: \"{server_cert}\", key_file: \"{server_key}\", ca_file: \"{ca_file}\", verify: true }}\n"
+        ),
+    );
+    let nats = NatsServer::start_with_config(&config);
+
+    let client_options = async_nats::ConnectOptions::new()
+        .add_root_certificates(ca_file.clone().into())
+        .add_client_certificate(client_cert.clone().into(), client_key.clone().into())
+        .require_tls(true);
+    serves_with(
+        &nats,
+        &[
+            ("NATS_TLS_CA", ca_file.as_str()),
+            ("NATS_TLS_CERT", client_cert.as_str()),
+            ("NATS_TLS_KEY", client_key.as_str()),
+        ],
+        client_options,
+    )
+    .await;
+    // Without a client certificate the server refuses kv-service.
+    let log = refused(&nats, &[("NATS_TLS_CA", ca_file.as_str())]);
+    assert!(log.contains("cannot connect to NATS at"), "{log}");
+}

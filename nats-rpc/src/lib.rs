@@ -72,9 +72,6 @@ mod stats;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-#[doc(hidden)]
-#[path = "private.rs"]
-pub mod __private;
 
 pub use client::{CallError, Client, DEFAULT_TIMEOUT};
 pub use endpoint::{Endpoint, RequestType, ResponseType};

@@ -72,7 +72,6 @@ mod stats;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-
 pub use client::{CallError, Client, DEFAULT_TIMEOUT};
 pub use endpoint::{Endpoint, RequestType, ResponseType};
 pub use envelope::RemoteError;

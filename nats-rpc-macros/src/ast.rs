@@ -6,7 +6,8 @@ use syn::{Ident, ItemFn, Type, Visibility};
 use crate::args::Args;
 use crate::valid;
 
-/// `async fn <ident>(state: &<state>, request: <request>) -> Result<<response>, <error>>`.
+/// `async fn <ident>(state: &<state>, request: <request>[, subject: Subject<'_>]) ->
+/// Result<<response>, <error>>`.
 pub struct Handler<'a> {
     pub vis: &'a Visibility,
     pub ident: &'a Ident,
@@ -15,6 +16,8 @@ pub struct Handler<'a> {
     pub name: String,
     pub state: &'a Type,
     pub request: &'a Type,
+    /// Whether the fn takes a third parameter, the request's `nats_rpc::Subject`.
+    pub takes_subject: bool,
     pub response: &'a Type,
     pub error: &'a Type,
 }
@@ -54,8 +57,9 @@ impl<'a> Handler<'a> {
             name: args
                 .name
                 .map_or_else(|| sig.ident.to_string(), |name| name.value()),
-            state: params.0,
-            request: params.1,
+            state: params.state,
+            request: params.request,
+            takes_subject: params.subject,
             response: output.0,
             error: output.1,
         })

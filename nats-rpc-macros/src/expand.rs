@@ -16,9 +16,18 @@ pub fn render(func: &ItemFn, handler: &Handler<'_>) -> TokenStream {
         name,
         state,
         request,
+        takes_subject,
         response,
         error,
     } = handler;
+    let call = if *takes_subject {
+        quote! { #ident(state, request, subject) }
+    } else {
+        quote! {
+            let _ = subject;
+            #ident(state, request)
+        }
+    };
     let doc = format!(
         "The `{subject}` endpoint, served by [`fn@{ident}`].\n\n\
          Register it with `Service::builder(..).endpoint::<{ident}>()` and call it with \
@@ -42,10 +51,11 @@ pub fn render(func: &ItemFn, handler: &Handler<'_>) -> TokenStream {
             fn call<'__nats_rpc_a>(
                 state: &'__nats_rpc_a Self::State,
                 request: Self::Request,
+                subject: ::nats_rpc::Subject<'__nats_rpc_a>,
             ) -> impl ::core::future::Future<
                 Output = ::core::result::Result<Self::Response, Self::Error>,
             > + ::core::marker::Send + '__nats_rpc_a {
-                #ident(state, request)
+                #call
             }
         }
     }

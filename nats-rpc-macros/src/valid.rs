@@ -5,6 +5,7 @@ use syn::spanned::Spanned;
 use syn::{FnArg, GenericArgument, LitStr, PathArguments, ReturnType, Signature, Type};
 
 const SHAPE: &str = "`async fn name(state: &State, request: Request) -> Result<Response, Error>`";
+const SUBJECT_PARAM: &str = "`subject: nats_rpc::Subject<'_>`";
 
 /// Adds `err` to the errors collected so far, so the user sees every mistake in one build.
 pub fn fold(errors: &mut Option<syn::Error>, err: syn::Error) {
@@ -117,10 +118,17 @@ pub fn endpoint_name(lit: &LitStr) -> syn::Result<()> {
     ))
 }
 
-/// Exactly `(state: &State, request: Request)`; returns the referent of the state and the
-/// request type.
-pub fn params(sig: &Signature) -> syn::Result<(&Type, &Type)> {
-    let mut typed = Vec::with_capacity(2);
+/// What the handler's parameters name: the state's referent, the request type, and whether it
+/// takes the request's subject.
+pub struct Params<'a> {
+    pub state: &'a Type,
+    pub request: &'a Type,
+    pub subject: bool,
+}
+
+/// `(state: &State, request: Request)`, optionally followed by `subject: nats_rpc::Subject<'_>`.
+pub fn params(sig: &Signature) -> syn::Result<Params<'_>> {
+    let mut typed = Vec::with_capacity(3);
     for (index, arg) in sig.inputs.iter().enumerate() {
         match arg {
             FnArg::Receiver(receiver) => {
@@ -132,23 +140,27 @@ pub fn params(sig: &Signature) -> syn::Result<(&Type, &Type)> {
                     ),
                 ));
             }
-            FnArg::Typed(pat) if index >= 2 => {
+            FnArg::Typed(pat) if index >= 3 => {
                 return Err(syn::Error::new_spanned(
                     pat,
                     format!(
-                        "unexpected parameter: a handler takes the state and the request only, \
-                         {SHAPE}"
+                        "unexpected parameter: a handler takes the state, the request and \
+                         optionally the subject ({SUBJECT_PARAM}), {SHAPE}"
                     ),
                 ));
             }
             FnArg::Typed(pat) => typed.push(&*pat.ty),
         }
     }
-    let [state, request] = typed[..] else {
-        return Err(syn::Error::new(
-            sig.paren_token.span.join(),
-            format!("handler takes two parameters, the state and the request: {SHAPE}"),
-        ));
+    let (state, request, subject) = match typed[..] {
+        [state, request] => (state, request, None),
+        [state, request, subject] => (state, request, Some(subject)),
+        _ => {
+            return Err(syn::Error::new(
+                sig.paren_token.span.join(),
+                format!("handler takes two parameters, the state and the request: {SHAPE}"),
+            ));
+        }
     };
     let state = match state {
         Type::Reference(reference) => {
@@ -176,9 +188,38 @@ pub fn params(sig: &Signature) -> syn::Result<(&Type, &Type)> {
              remove the `&`",
         ));
     }
+    if let Some(subject) = subject {
+        subject_param(subject)?;
+    }
     concrete(state)?;
     concrete(request)?;
-    Ok((state, request))
+    Ok(Params {
+        state,
+        request,
+        subject: subject.is_some(),
+    })
+}
+
+/// The third parameter, when there is one, receives the request's subject by value.
+fn subject_param(ty: &Type) -> syn::Result<()> {
+    let named_subject = match ty {
+        Type::Path(path) => path
+            .path
+            .segments
+            .last()
+            .is_some_and(|last| last.ident == "Subject"),
+        _ => false,
+    };
+    if named_subject {
+        return Ok(());
+    }
+    Err(syn::Error::new_spanned(
+        ty,
+        format!(
+            "the third parameter receives the subject the request arrived on: write \
+             {SUBJECT_PARAM}, or remove it"
+        ),
+    ))
 }
 
 /// `Result<Response, Error>`: returns both type arguments.

@@ -90,11 +90,26 @@ impl Client {
         E::Request: Serialize,
         E::Response: DeserializeOwned,
     {
+        self.call_on::<E>(E::SUBJECT, request).await
+    }
+
+    /// Calls endpoint `E` on `subject`: for an endpoint on a wildcard subject, a concrete
+    /// subject it matches (`rosey.db.kv.chat.get` for `rosey.db.kv.*.get`).
+    pub async fn call_on<E>(
+        &self,
+        subject: &str,
+        request: &E::Request,
+    ) -> Result<E::Response, CallError>
+    where
+        E: Endpoint,
+        E::Request: Serialize,
+        E::Response: DeserializeOwned,
+    {
         let payload = serde_json::to_vec(request).map_err(CallError::Encode)?;
         let reply = self
             .nats
             .send_request(
-                E::SUBJECT,
+                subject.to_owned(),
                 Request::new()
                     .payload(payload.into())
                     .timeout(Some(self.timeout)),

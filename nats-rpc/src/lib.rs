@@ -73,7 +73,7 @@ mod stats;
 pub mod testing;
 
 pub use client::{CallError, Client, DEFAULT_TIMEOUT};
-pub use endpoint::{Endpoint, RequestType, ResponseType};
+pub use endpoint::{Endpoint, RequestType, ResponseType, Subject};
 pub use envelope::RemoteError;
 pub use error::{Error, ErrorCode, INTERNAL_MESSAGE, RpcError, codes};
 pub use micro::{ERROR_CODE_HEADER, ERROR_HEADER, EndpointInfo, ServiceInfo};
@@ -81,8 +81,8 @@ pub use schema::{
     DIALECT, EndpointSchemas, Rejection, RequestValidator, SchemaError, catalogue, schema_of,
 };
 pub use service::{
-    DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_IN_FLIGHT, DEFAULT_QUEUE_GROUP, DrainTimeout,
-    SUBSCRIPTION_CAPACITY, ServeError, Service, ServiceBuilder, connect_options,
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_IN_FLIGHT, DEFAULT_QUEUE_GROUP, DrainTimeout, Reply,
+    Responder, SUBSCRIPTION_CAPACITY, ServeError, Service, ServiceBuilder, connect_options,
 };
 pub use stats::StatsSnapshot;
 
@@ -107,6 +107,19 @@ pub use stats::StatsSnapshot;
 /// Serialize + JsonSchema`, and `Error:` [`RpcError`]. Each mistake is a compile error on your own
 /// token saying what to write instead.
 ///
+/// A handler may take a third parameter, `subject: nats_rpc::Subject<'_>`: the subject the
+/// request arrived on. On a wildcard subject it says what the wildcards matched:
+///
+/// ```ignore
+/// #[nats_rpc(subject = "rosey.db.kv.*.get")]
+/// pub async fn scoped_get(store: &Store, request: ScopedGetRequest, subject: Subject<'_>)
+///     -> Result<GetReply, ScopedError>
+/// {
+///     let plugin = subject.wildcard(0); // "chat" for `rosey.db.kv.chat.get`
+///     …
+/// }
+/// ```
+///
 /// # Expansion
 ///
 /// The fn stays exactly as written (call it directly in unit tests). Beside it comes a type of
@@ -122,7 +135,10 @@ pub use stats::StatsSnapshot;
 ///     type Request = GetRequest;
 ///     type Response = GetReply;
 ///     type Error = KvError;
-///     fn call<'a>(state: &'a Store, request: GetRequest) -> impl Future<…> + Send + 'a {
+///     fn call<'a>(state: &'a Store, request: GetRequest, subject: Subject<'a>)
+///         -> impl Future<…> + Send + 'a
+///     {
+///         let _ = subject; // passed on when the fn takes it
 ///         get(state, request)
 ///     }
 /// }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Waker};
 use std::time::{Duration, Instant};
 
-use async_nats::{HeaderMap, Message, Subject, Subscriber};
+use async_nats::{HeaderMap, Message, Subscriber};
 use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -232,8 +232,10 @@ impl<S: Send + Sync + 'static> ServiceBuilder<S> {
                     .map_err(ServeError::Subscribe)?;
                 let endpoint = Arc::new(Running::<E> {
                     client: context.client,
-                    state: context.state,
-                    validator,
+                    responder: Responder {
+                        state: context.state,
+                        validator,
+                    },
                     stats: endpoint_stats,
                     permits: context.permits,
                     max_in_flight: context.max_in_flight,
@@ -389,33 +391,134 @@ impl<S: Send + Sync + 'static> ServiceBuilder<S> {
     }
 }
 
-/// One endpoint being served.
-struct Running<E: Endpoint> {
-    client: async_nats::Client,
+/// One endpoint's request path without NATS: payload bytes in, exactly one reply out. Decoding,
+/// validation, the handler (a panic in it becomes `INTERNAL_ERROR`) and the envelope all happen
+/// here; the service runs every request through one, and tests or fuzz targets can drive it
+/// directly.
+pub struct Responder<E: Endpoint> {
     state: Arc<E::State>,
     validator: RequestValidator,
-    stats: Arc<EndpointStats>,
-    permits: Arc<Semaphore>,
-    max_in_flight: usize,
 }
 
-/// A reply about to be sent.
-enum Outcome {
+impl<E: Endpoint> std::fmt::Debug for Responder<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Responder")
+            .field("endpoint", &E::NAME)
+            .field("subject", &E::SUBJECT)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<E: Endpoint> Responder<E> {
+    /// Compiles `E`'s request schema and binds the state.
+    pub fn new(state: impl Into<Arc<E::State>>) -> Result<Self, SchemaError> {
+        Ok(Responder {
+            state: state.into(),
+            validator: RequestValidator::new::<E::Request>()?,
+        })
+    }
+
+    /// Answers one request that arrived on `subject` (which `E::SUBJECT` must match).
+    pub async fn respond(&self, subject: &str, payload: &[u8]) -> Reply {
+        AssertUnwindSafe(self.process(subject, payload))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                let text = panic
+                    .downcast_ref::<&str>()
+                    .copied()
+                    .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                    .unwrap_or("(non-string panic payload)");
+                tracing::error!(endpoint = E::NAME, panic = text, "handler panicked");
+                Reply::internal()
+            })
+    }
+
+    async fn process(&self, subject: &str, payload: &[u8]) -> Reply {
+        let request = match self.validator.decode::<E::Request>(payload) {
+            Ok(request) => request,
+            Err(rejection) => return Reply::failure(rejection.code.code, rejection.message),
+        };
+        let subject = crate::endpoint::Subject::new(subject, E::SUBJECT);
+        match E::call(&self.state, request, subject).await {
+            Ok(response) => match envelope::success(&response) {
+                Ok(bytes) => Reply::Success(bytes),
+                Err(err) => {
+                    tracing::error!(endpoint = E::NAME, %err, "response does not serialize");
+                    Reply::internal()
+                }
+            },
+            Err(err) => {
+                let code = err.code();
+                if code == codes::INTERNAL_ERROR.code {
+                    tracing::error!(endpoint = E::NAME, error = %err, "handler failed");
+                } else {
+                    tracing::debug!(endpoint = E::NAME, error = %err, "handler refused");
+                }
+                Reply::failure(code, err.message())
+            }
+        }
+    }
+}
+
+/// The one reply to a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// A rendered success envelope.
     Success(Bytes),
-    Failure { code: String, message: String },
+    /// An error reply: the envelope is rendered by [`Reply::payload`].
+    Failure {
+        /// e.g. `MISSING_FIELD`.
+        code: String,
+        /// The client-facing message.
+        message: String,
+    },
 }
 
-impl Outcome {
+impl Reply {
     fn failure(code: &str, message: impl Into<String>) -> Self {
-        Outcome::Failure {
+        Reply::Failure {
             code: code.to_owned(),
             message: message.into(),
         }
     }
 
     fn internal() -> Self {
-        Outcome::failure(codes::INTERNAL_ERROR.code, INTERNAL_MESSAGE)
+        Reply::failure(codes::INTERNAL_ERROR.code, INTERNAL_MESSAGE)
     }
+
+    /// The envelope sent as the reply's payload.
+    pub fn payload(&self) -> Bytes {
+        match self {
+            Reply::Success(bytes) => bytes.clone(),
+            Reply::Failure { code, message } => envelope::failure(code, message),
+        }
+    }
+
+    /// The NATS micro error headers an error reply carries.
+    pub fn headers(&self) -> Option<HeaderMap> {
+        match self {
+            Reply::Success(_) => None,
+            Reply::Failure { code, message } => Some(error_headers(code, message)),
+        }
+    }
+
+    /// `(code, message)` of an error reply.
+    pub fn error(&self) -> Option<(&str, &str)> {
+        match self {
+            Reply::Success(_) => None,
+            Reply::Failure { code, message } => Some((code, message)),
+        }
+    }
+}
+
+/// One endpoint being served.
+struct Running<E: Endpoint> {
+    client: async_nats::Client,
+    responder: Responder<E>,
+    stats: Arc<EndpointStats>,
+    permits: Arc<Semaphore>,
+    max_in_flight: usize,
 }
 
 impl<E: Endpoint> Running<E> {
@@ -465,77 +568,36 @@ impl<E: Endpoint> Running<E> {
 
     async fn handle(self: Arc<Self>, message: Message, permit: OwnedSemaphorePermit) {
         let started = Instant::now();
-        let outcome = AssertUnwindSafe(self.process(&message.payload))
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|panic| {
-                let text = panic
-                    .downcast_ref::<&str>()
-                    .copied()
-                    .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-                    .unwrap_or("(non-string panic payload)");
-                tracing::error!(endpoint = E::NAME, panic = text, "handler panicked");
-                Outcome::internal()
-            });
-        self.finish(started, message.reply, outcome).await;
+        let reply = self
+            .responder
+            .respond(message.subject.as_str(), &message.payload)
+            .await;
+        self.finish(started, message.reply, reply).await;
         drop(permit);
     }
 
-    async fn process(&self, payload: &[u8]) -> Outcome {
-        let request = match self.validator.decode::<E::Request>(payload) {
-            Ok(request) => request,
-            Err(rejection) => return Outcome::failure(rejection.code.code, rejection.message),
-        };
-        match E::call(&self.state, request).await {
-            Ok(response) => match envelope::success(&response) {
-                Ok(bytes) => Outcome::Success(bytes),
-                Err(err) => {
-                    tracing::error!(endpoint = E::NAME, %err, "response does not serialize");
-                    Outcome::internal()
-                }
-            },
-            Err(err) => {
-                let code = err.code();
-                if code == codes::INTERNAL_ERROR.code {
-                    tracing::error!(endpoint = E::NAME, error = %err, "handler failed");
-                } else {
-                    tracing::debug!(endpoint = E::NAME, error = %err, "handler refused");
-                }
-                Outcome::failure(code, err.message())
-            }
-        }
-    }
-
     async fn overloaded(&self, message: Message) {
-        let outcome = Outcome::failure(
+        let reply = Reply::failure(
             codes::OVERLOADED.code,
             format!(
                 "Service overloaded: {} requests already in flight, retry later",
                 self.max_in_flight
             ),
         );
-        self.finish(Instant::now(), message.reply, outcome).await;
+        self.finish(Instant::now(), message.reply, reply).await;
     }
 
-    async fn finish(&self, started: Instant, reply: Option<Subject>, outcome: Outcome) {
-        let error = match &outcome {
-            Outcome::Success(_) => None,
-            Outcome::Failure { code, message } => Some((code.as_str(), message.as_str())),
-        };
-        self.stats.record(started.elapsed(), error);
-        let Some(reply) = reply else {
+    async fn finish(&self, started: Instant, to: Option<async_nats::Subject>, reply: Reply) {
+        self.stats.record(started.elapsed(), reply.error());
+        let Some(to) = to else {
             tracing::debug!(endpoint = E::NAME, "request without a reply subject");
             return;
         };
-        let sent = match outcome {
-            Outcome::Success(bytes) => self.client.publish(reply, bytes).await,
-            Outcome::Failure { code, message } => {
+        let sent = match reply.headers() {
+            None => self.client.publish(to, reply.payload()).await,
+            Some(headers) => {
                 self.client
-                    .publish_with_headers(
-                        reply,
-                        error_headers(&code, &message),
-                        envelope::failure(&code, &message),
-                    )
+                    .publish_with_headers(to, headers, reply.payload())
                     .await
             }
         };

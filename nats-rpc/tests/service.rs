@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use nats_rpc::testing::NatsServer;
 use nats_rpc::{
-    CallError, Client, EndpointSchemas, ErrorCode, RpcError, Service, ServiceBuilder, codes,
-    nats_rpc,
+    CallError, Client, EndpointSchemas, ErrorCode, Reply, Responder, RpcError, Service,
+    ServiceBuilder, Subject, codes, nats_rpc,
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -95,6 +95,24 @@ async fn slow(state: &State, request: Sleep) -> Result<Sleep, nats_rpc::Error> {
     Ok(request)
 }
 
+#[derive(Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+struct Where {
+    subject: String,
+    wildcards: Vec<String>,
+}
+
+#[nats_rpc(subject = "test.room.*.where.>")]
+async fn room(
+    _state: &State,
+    _request: Nothing,
+    subject: Subject<'_>,
+) -> Result<Where, nats_rpc::Error> {
+    Ok(Where {
+        subject: subject.as_str().to_owned(),
+        wildcards: subject.wildcards().map(str::to_owned).collect(),
+    })
+}
+
 #[nats_rpc(subject = "test.unit")]
 async fn unit(_state: &State, _request: Nothing) -> Result<(), nats_rpc::Error> {
     Ok(())
@@ -108,6 +126,7 @@ fn builder() -> ServiceBuilder<State> {
         .endpoint::<boom>()
         .endpoint::<slow>()
         .endpoint::<unit>()
+        .endpoint::<room>()
 }
 
 struct Fixture {
@@ -452,7 +471,7 @@ async fn ping_info_and_stats_answer_on_all_three_subjects() {
         .iter()
         .map(|e| e["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["echo", "brew", "boom", "slow", "unit"]);
+    assert_eq!(names, ["echo", "brew", "boom", "slow", "unit", "room"]);
 }
 
 #[tokio::test]
@@ -534,6 +553,61 @@ async fn shutdown_answers_every_request_in_flight_then_stops() {
     assert_eq!(
         after.expect_err("nobody serves after shutdown").kind(),
         async_nats::client::RequestErrorKind::NoResponders
+    );
+}
+
+#[tokio::test]
+async fn handlers_on_wildcard_subjects_see_what_the_wildcards_matched() {
+    let f = Fixture::start().await;
+    assert_eq!(
+        f.json("test.room.kitchen.where.shelf.top", b"{}").await,
+        json!({"success": true, "data": {
+            "subject": "test.room.kitchen.where.shelf.top",
+            "wildcards": ["kitchen", "shelf.top"],
+        }})
+    );
+    let typed = Client::new(f.nats.clone())
+        .call_on::<room>("test.room.hall.where.door", &Nothing {})
+        .await
+        .unwrap();
+    assert_eq!(typed.wildcards, ["hall", "door"]);
+    // Validation runs before the handler, on wildcard endpoints as on any other.
+    assert_eq!(
+        f.json("test.room.hall.where.door", b"[]").await,
+        failure(
+            "VALIDATION_ERROR",
+            "Request body must be a JSON object, got array"
+        )
+    );
+}
+
+#[tokio::test]
+async fn responder_answers_bytes_without_nats() {
+    let responder = Responder::<echo>::new(State::default()).unwrap();
+    let reply = responder.respond("test.echo", br#"{"text":"hi"}"#).await;
+    assert_eq!(
+        reply,
+        Reply::Success(Bytes::from_static(
+            br#"{"success":true,"data":{"text":"hi"}}"#
+        ))
+    );
+    assert!(reply.headers().is_none());
+
+    let reply = responder.respond("test.echo", b"{").await;
+    let (code, _) = reply.error().unwrap();
+    assert_eq!(code, "INVALID_JSON");
+    let headers = reply.headers().unwrap();
+    assert_eq!(
+        headers.get(nats_rpc::ERROR_CODE_HEADER).unwrap().as_str(),
+        "INVALID_JSON"
+    );
+    let envelope: Value = serde_json::from_slice(&reply.payload()).unwrap();
+    assert_eq!(envelope["error"]["code"], "INVALID_JSON");
+
+    let panicking = Responder::<boom>::new(State::default()).unwrap();
+    assert_eq!(
+        panicking.respond("test.panic", b"{}").await.error(),
+        Some(("INTERNAL_ERROR", "Internal error"))
     );
 }
 

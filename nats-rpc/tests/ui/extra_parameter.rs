@@ -13,7 +13,7 @@ pub struct Reply {
 }
 
 #[nats_rpc(subject = "kv.get")]
-pub async fn get(_store: &Store, _request: Req, _extra: u32) -> Result<Reply, nats_rpc::Error> {
+pub async fn get(_store: &Store, _request: Req, _subject: nats_rpc::Subject<'_>, _extra: u32) -> Result<Reply, nats_rpc::Error> {
     Ok(Reply { ok: true })
 }
 

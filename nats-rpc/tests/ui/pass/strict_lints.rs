@@ -28,6 +28,18 @@ pub async fn get(_state: &State, request: Req) -> Result<Reply, nats_rpc::Error>
     })
 }
 
+/// Gets on a wildcard subject, seeing what the wildcard matched.
+#[nats_rpc(subject = "strict.*.get")]
+pub async fn scoped_get(
+    _state: &State,
+    request: Req,
+    subject: nats_rpc::Subject<'_>,
+) -> Result<Reply, nats_rpc::Error> {
+    Ok(Reply {
+        ok: subject.wildcard(0) == Some(request.key.as_str()),
+    })
+}
+
 mod private {
     /// A private handler in a private module: no dead-code warning for its endpoint type.
     #[nats_rpc::nats_rpc(subject = "strict.private")]

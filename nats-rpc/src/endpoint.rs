@@ -98,6 +98,18 @@ impl std::fmt::Display for Subject<'_> {
     }
 }
 
+/// What a request type needs: deserializable, with a JSON Schema to validate against. (When a
+/// bound is missing, rustc reports the missing `Deserialize` / `JsonSchema` itself, on the
+/// handler's request type.)
+pub trait RequestType: DeserializeOwned + JsonSchema + Send + 'static {}
+
+impl<T: DeserializeOwned + JsonSchema + Send + 'static> RequestType for T {}
+
+/// What a response type needs: serializable, with a JSON Schema to publish.
+pub trait ResponseType: Serialize + JsonSchema + Send + 'static {}
+
+impl<T: Serialize + JsonSchema + Send + 'static> ResponseType for T {}
+
 #[cfg(test)]
 mod tests {
     use super::Subject;
@@ -117,15 +129,3 @@ mod tests {
         assert_eq!(subject.to_string(), "a.b");
     }
 }
-
-/// What a request type needs: deserializable, with a JSON Schema to validate against. (When a
-/// bound is missing, rustc reports the missing `Deserialize` / `JsonSchema` itself, on the
-/// handler's request type.)
-pub trait RequestType: DeserializeOwned + JsonSchema + Send + 'static {}
-
-impl<T: DeserializeOwned + JsonSchema + Send + 'static> RequestType for T {}
-
-/// What a response type needs: serializable, with a JSON Schema to publish.
-pub trait ResponseType: Serialize + JsonSchema + Send + 'static {}
-
-impl<T: Serialize + JsonSchema + Send + 'static> ResponseType for T {}

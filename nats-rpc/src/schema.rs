@@ -341,6 +341,21 @@ pub struct EndpointSchemas {
 }
 
 impl EndpointSchemas {
+    /// The file name a schema of this endpoint is published under, and its `$id`:
+    /// `<subject>.<kind>.json`, with a `*` wildcard token written `any` and `>` written `rest`
+    /// (file names cannot hold `*` everywhere), e.g. `rosey.db.kv.any.get.request.json`.
+    pub fn file_name(subject: &str, kind: &str) -> String {
+        let tokens: Vec<&str> = subject
+            .split('.')
+            .map(|token| match token {
+                "*" => "any",
+                ">" => "rest",
+                token => token,
+            })
+            .collect();
+        format!("{}.{kind}.json", tokens.join("."))
+    }
+
     /// The schemas of endpoint `E`.
     pub fn of<E: Endpoint>() -> Self {
         EndpointSchemas {
@@ -374,13 +389,17 @@ pub fn catalogue<E: RpcError>() -> Vec<ErrorCode> {
     all
 }
 
-/// Adds `$schema`, `$id` (`<subject>.<kind>.json`, the file name it is published under) and a
+/// Adds `$schema`, `$id` (the file name it is published under, see
+/// [`EndpointSchemas::file_name`]) and a
 /// title, first, so a reader sees what the file is before what it says.
 fn titled(mut schema: Value, subject: &str, kind: &str, what: &str) -> Value {
     if let Value::Object(object) = &mut schema {
         let mut ordered = Map::new();
         ordered.insert("$schema".into(), DIALECT.into());
-        ordered.insert("$id".into(), format!("{subject}.{kind}.json").into());
+        ordered.insert(
+            "$id".into(),
+            EndpointSchemas::file_name(subject, kind).into(),
+        );
         ordered.insert("title".into(), format!("{subject} {what}").into());
         for (key, value) in std::mem::take(object) {
             if key != "$schema" && key != "title" {

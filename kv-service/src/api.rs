@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use nats_rpc::{ErrorCode, INTERNAL_MESSAGE, RpcError, codes, nats_rpc};
+use nats_rpc::{ErrorCode, INTERNAL_MESSAGE, RpcError, Subject, codes, nats_rpc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -70,6 +70,53 @@ pub struct ListRequest {
     /// The calling plugin's namespace.
     #[schemars(regex(pattern = PLUGIN_NAME_PATTERN))]
     pub plugin_name: String,
+    /// Byte prefix matched literally and case-sensitively (`%` and `_` are ordinary); default `""`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = ""))]
+    pub prefix: Option<String>,
+    /// Most keys to return, 1 to 10000; default 1000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10_000), extend("default" = DEFAULT_LIMIT))]
+    pub limit: Option<u32>,
+}
+
+/// [`SetRequest`] on a per-plugin subject, `rosey.db.kv.<plugin_name>.set`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+pub struct PluginSetRequest {
+    /// Optional: the plugin is the subject's token; if given, it must be the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = PLUGIN_NAME_PATTERN))]
+    pub plugin_name: Option<String>,
+    /// 1 to 255 characters.
+    #[schemars(length(min = 1, max = 255))]
+    pub key: String,
+    /// Any JSON value, `null` included; at most 65536 bytes as compact JSON.
+    pub value: Box<RawValue>,
+    /// Seconds until the key expires; absent or `null` means never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 2_147_483_647))]
+    pub ttl_seconds: Option<u32>,
+}
+
+/// A get or delete on a per-plugin subject, `rosey.db.kv.<plugin_name>.get|delete`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+pub struct PluginKeyRequest {
+    /// Optional: the plugin is the subject's token; if given, it must be the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = PLUGIN_NAME_PATTERN))]
+    pub plugin_name: Option<String>,
+    /// 1 to 255 characters.
+    #[schemars(length(min = 1, max = 255))]
+    pub key: String,
+}
+
+/// [`ListRequest`] on a per-plugin subject, `rosey.db.kv.<plugin_name>.list`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+pub struct PluginListRequest {
+    /// Optional: the plugin is the subject's token; if given, it must be the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = PLUGIN_NAME_PATTERN))]
+    pub plugin_name: Option<String>,
     /// Byte prefix matched literally and case-sensitively (`%` and `_` are ordinary); default `""`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("default" = ""))]
@@ -163,14 +210,154 @@ impl RpcError for SetError {
     }
 }
 
+/// A per-plugin subject and its payload disagree about the plugin.
+#[derive(Debug, thiserror::Error)]
+pub enum ScopeError {
+    #[error("the subject's plugin token is not a valid plugin name")]
+    InvalidSubject,
+    #[error("payload plugin_name differs from the subject's plugin `{plugin}`")]
+    Mismatch { plugin: String },
+}
+
+/// A per-plugin endpoint's error: the scope check, then the operation's own errors.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError<E> {
+    #[error(transparent)]
+    Scope(#[from] ScopeError),
+    #[error(transparent)]
+    Op(E),
+}
+
+impl From<KvError> for PluginError<KvError> {
+    fn from(err: KvError) -> Self {
+        PluginError::Op(err)
+    }
+}
+
+impl From<SetError> for PluginError<SetError> {
+    fn from(err: SetError) -> Self {
+        PluginError::Op(err)
+    }
+}
+
+impl<E: RpcError> RpcError for PluginError<E> {
+    // VALIDATION_ERROR, the scope check's code, is a framework code and always listed.
+    const CATALOGUE: &'static [ErrorCode] = E::CATALOGUE;
+
+    fn code(&self) -> &str {
+        match self {
+            PluginError::Scope(_) => codes::VALIDATION_ERROR.code,
+            PluginError::Op(err) => err.code(),
+        }
+    }
+
+    fn message(&self) -> Cow<'_, str> {
+        match self {
+            PluginError::Scope(ScopeError::InvalidSubject) => Cow::Borrowed(
+                "The subject's plugin token must match ^[a-z0-9_-]{1,100}$ \
+                 (rosey.db.kv.<plugin_name>.<op>)",
+            ),
+            PluginError::Scope(ScopeError::Mismatch { plugin }) => Cow::Owned(format!(
+                "Field 'plugin_name' must be '{plugin}', the plugin named by the subject"
+            )),
+            PluginError::Op(err) => err.message(),
+        }
+    }
+}
+
 #[nats_rpc(subject = "rosey.db.kv.set")]
 pub async fn set(store: &Store, request: SetRequest) -> Result<SetReply, SetError> {
-    let compacted = match compact(request.value.get()) {
+    let SetRequest {
+        plugin_name,
+        key,
+        value,
+        ttl_seconds,
+    } = request;
+    put(store, plugin_name, key, value, ttl_seconds).await
+}
+
+#[nats_rpc(subject = "rosey.db.kv.get")]
+pub async fn get(store: &Store, request: GetRequest) -> Result<GetReply, KvError> {
+    read(store, &request.plugin_name, &request.key).await
+}
+
+#[nats_rpc(subject = "rosey.db.kv.delete")]
+pub async fn delete(store: &Store, request: DeleteRequest) -> Result<DeleteReply, KvError> {
+    remove(store, &request.plugin_name, &request.key).await
+}
+
+#[nats_rpc(subject = "rosey.db.kv.list")]
+pub async fn list(store: &Store, request: ListRequest) -> Result<ListReply, KvError> {
+    scan(store, &request.plugin_name, request.prefix, request.limit).await
+}
+
+/// Per-plugin subjects (`rosey.db.kv.<plugin_name>.<op>`, served with `--plugin-subjects`): the
+/// plugin is the subject's token, which the NATS server's publish permissions vouch for, so an
+/// operator can give each plugin credentials for its own subjects only. A `plugin_name` in the
+/// payload is optional and, when present, must name the same plugin.
+#[nats_rpc(subject = "rosey.db.kv.*.set", name = "plugin_set")]
+pub async fn plugin_set(
+    store: &Store,
+    request: PluginSetRequest,
+    subject: Subject<'_>,
+) -> Result<SetReply, PluginError<SetError>> {
+    let plugin = plugin_of(subject, request.plugin_name)?;
+    Ok(put(
+        store,
+        plugin,
+        request.key,
+        request.value,
+        request.ttl_seconds,
+    )
+    .await?)
+}
+
+/// `rosey.db.kv.<plugin_name>.get`; see [`plugin_set`].
+#[nats_rpc(subject = "rosey.db.kv.*.get", name = "plugin_get")]
+pub async fn plugin_get(
+    store: &Store,
+    request: PluginKeyRequest,
+    subject: Subject<'_>,
+) -> Result<GetReply, PluginError<KvError>> {
+    let plugin = plugin_of(subject, request.plugin_name)?;
+    Ok(read(store, &plugin, &request.key).await?)
+}
+
+/// `rosey.db.kv.<plugin_name>.delete`; see [`plugin_set`].
+#[nats_rpc(subject = "rosey.db.kv.*.delete", name = "plugin_delete")]
+pub async fn plugin_delete(
+    store: &Store,
+    request: PluginKeyRequest,
+    subject: Subject<'_>,
+) -> Result<DeleteReply, PluginError<KvError>> {
+    let plugin = plugin_of(subject, request.plugin_name)?;
+    Ok(remove(store, &plugin, &request.key).await?)
+}
+
+/// `rosey.db.kv.<plugin_name>.list`; see [`plugin_set`].
+#[nats_rpc(subject = "rosey.db.kv.*.list", name = "plugin_list")]
+pub async fn plugin_list(
+    store: &Store,
+    request: PluginListRequest,
+    subject: Subject<'_>,
+) -> Result<ListReply, PluginError<KvError>> {
+    let plugin = plugin_of(subject, request.plugin_name)?;
+    Ok(scan(store, &plugin, request.prefix, request.limit).await?)
+}
+
+async fn put(
+    store: &Store,
+    plugin_name: String,
+    key: String,
+    value: Box<RawValue>,
+    ttl_seconds: Option<u32>,
+) -> Result<SetReply, SetError> {
+    let compacted = match compact(value.get()) {
         Cow::Borrowed(_) => None,
         Cow::Owned(text) => Some(text),
     };
     let value: store::Value = match compacted {
-        None => Arc::from(request.value),
+        None => Arc::from(value),
         Some(text) => {
             Arc::from(RawValue::from_string(text).expect("JSON minus whitespace is JSON"))
         }
@@ -179,37 +366,56 @@ pub async fn set(store: &Store, request: SetRequest) -> Result<SetReply, SetErro
     if size > MAX_VALUE_BYTES {
         return Err(SetError::ValueTooLarge { size });
     }
-    store
-        .set(request.plugin_name, request.key, value, request.ttl_seconds)
-        .await?;
+    store.set(plugin_name, key, value, ttl_seconds).await?;
     Ok(SetReply {})
 }
 
-#[nats_rpc(subject = "rosey.db.kv.get")]
-pub async fn get(store: &Store, request: GetRequest) -> Result<GetReply, KvError> {
-    let value = store.get(&request.plugin_name, &request.key).await?;
+async fn read(store: &Store, plugin_name: &str, key: &str) -> Result<GetReply, KvError> {
+    let value = store.get(plugin_name, key).await?;
     Ok(GetReply {
         exists: value.is_some(),
         value,
     })
 }
 
-#[nats_rpc(subject = "rosey.db.kv.delete")]
-pub async fn delete(store: &Store, request: DeleteRequest) -> Result<DeleteReply, KvError> {
-    let deleted = store.delete(&request.plugin_name, &request.key).await?;
+async fn remove(store: &Store, plugin_name: &str, key: &str) -> Result<DeleteReply, KvError> {
+    let deleted = store.delete(plugin_name, key).await?;
     Ok(DeleteReply { deleted })
 }
 
-#[nats_rpc(subject = "rosey.db.kv.list")]
-pub async fn list(store: &Store, request: ListRequest) -> Result<ListReply, KvError> {
-    let prefix = request.prefix.as_deref().unwrap_or("");
-    let limit = request.limit.unwrap_or(DEFAULT_LIMIT);
-    let listing = store.list(&request.plugin_name, prefix, limit).await?;
+async fn scan(
+    store: &Store,
+    plugin_name: &str,
+    prefix: Option<String>,
+    limit: Option<u32>,
+) -> Result<ListReply, KvError> {
+    let prefix = prefix.as_deref().unwrap_or("");
+    let listing = store
+        .list(plugin_name, prefix, limit.unwrap_or(DEFAULT_LIMIT))
+        .await?;
     Ok(ListReply {
         count: listing.keys.len(),
         keys: listing.keys,
         truncated: listing.truncated,
     })
+}
+
+/// The plugin a per-plugin subject names, checked against the payload's `plugin_name`, if any.
+fn plugin_of(subject: Subject<'_>, named: Option<String>) -> Result<String, ScopeError> {
+    let token = subject.wildcard(0).unwrap_or_default();
+    let valid = (1..=100).contains(&token.len())
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if !valid {
+        return Err(ScopeError::InvalidSubject);
+    }
+    match named {
+        Some(named) if named != token => Err(ScopeError::Mismatch {
+            plugin: token.to_owned(),
+        }),
+        _ => Ok(token.to_owned()),
+    }
 }
 
 /// `json` without insignificant whitespace; borrowed when it has none (the common case). The
@@ -248,7 +454,8 @@ pub fn compact(json: &str) -> Cow<'_, str> {
     Cow::Owned(String::from_utf8(out).expect("compacted JSON is UTF-8"))
 }
 
-/// The four endpoints' schemas, in subject order, for `kv-service schemas` and the docs.
+/// Every endpoint's schemas (the four contract subjects, then the per-plugin ones), for
+/// `kv-service schemas` and the docs.
 pub fn schemas() -> Vec<nats_rpc::EndpointSchemas> {
     use nats_rpc::EndpointSchemas;
     vec![
@@ -256,6 +463,10 @@ pub fn schemas() -> Vec<nats_rpc::EndpointSchemas> {
         EndpointSchemas::of::<get>(),
         EndpointSchemas::of::<delete>(),
         EndpointSchemas::of::<list>(),
+        EndpointSchemas::of::<plugin_set>(),
+        EndpointSchemas::of::<plugin_get>(),
+        EndpointSchemas::of::<plugin_delete>(),
+        EndpointSchemas::of::<plugin_list>(),
     ]
 }
 

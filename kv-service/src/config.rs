@@ -57,6 +57,10 @@ pub struct ServeConfig {
     /// NATS queue group shared by all instances.
     #[arg(long, env = "QUEUE_GROUP", default_value = nats_rpc::DEFAULT_QUEUE_GROUP)]
     pub queue_group: String,
+    /// Also serve rosey.db.kv.<plugin_name>.set|get|delete|list, taking the plugin from the
+    /// subject, so NATS permissions can confine each plugin to its own keys.
+    #[arg(long, env = "PLUGIN_SUBJECTS")]
+    pub plugin_subjects: bool,
 }
 
 /// How kv-service proves who it is to NATS; any combination the server asks for.

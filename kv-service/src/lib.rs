@@ -35,16 +35,22 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()>) -> 
     let store = Arc::new(store);
 
     let nats = connect(config).await?;
-    let service = Service::builder("kv-service", env!("CARGO_PKG_VERSION"))
+    let mut builder = Service::builder("kv-service", env!("CARGO_PKG_VERSION"))
         .description("rosey.db.kv: per-plugin key-value store")
         .queue_group(config.queue_group.clone())
         .max_in_flight(config.max_in_flight)
         .endpoint::<api::set>()
         .endpoint::<api::get>()
         .endpoint::<api::delete>()
-        .endpoint::<api::list>()
-        .serve(nats.clone(), store.clone())
-        .await?;
+        .endpoint::<api::list>();
+    if config.plugin_subjects {
+        builder = builder
+            .endpoint::<api::plugin_set>()
+            .endpoint::<api::plugin_get>()
+            .endpoint::<api::plugin_delete>()
+            .endpoint::<api::plugin_list>();
+    }
+    let service = builder.serve(nats.clone(), store.clone()).await?;
     let subjects: Vec<&str> = service
         .info()
         .endpoints
@@ -142,7 +148,7 @@ async fn close_store(mut store: Arc<Store>) {
 }
 
 /// Writes every endpoint's request, success-reply and error-reply schema to `dir`, one file
-/// each, named `<subject>.<kind>.json`. Returns the paths written.
+/// each, named `<subject>.<kind>.json` (a `*` token written `any`). Returns the paths written.
 pub fn write_schemas(dir: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
     std::fs::create_dir_all(dir)?;
     let mut written = Vec::new();
@@ -165,7 +171,10 @@ pub fn rendered_schemas() -> Vec<(String, String)> {
         ] {
             let mut text = serde_json::to_string_pretty(schema).expect("a schema serializes");
             text.push('\n');
-            files.push((format!("{}.{kind}.json", endpoint.subject), text));
+            files.push((
+                nats_rpc::EndpointSchemas::file_name(endpoint.subject, kind),
+                text,
+            ));
         }
     }
     files

@@ -49,8 +49,8 @@ fn committed_schemas_are_fresh() {
     );
     assert_eq!(
         rendered.len(),
-        12,
-        "request, success and error schema for four subjects"
+        24,
+        "request, success and error schema for the four fixed and four per-plugin subjects"
     );
 }
 

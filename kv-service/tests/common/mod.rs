@@ -50,6 +50,7 @@ impl Harness {
             worker_threads: 1,
             credentials: Default::default(),
             queue_group: nats_rpc::DEFAULT_QUEUE_GROUP.into(),
+            plugin_subjects: false,
         };
         tweak(&mut config);
         let (stop, stopped) = oneshot::channel::<()>();

@@ -83,6 +83,11 @@ pub enum StoreError {
     Write(Arc<sqlx::Error>),
     #[error("the store's writer has stopped")]
     Closed,
+    #[error(
+        "the database cannot be written (check the file system and the permissions of the \
+         file and its folder): {0}"
+    )]
+    NotWritable(sqlx::Error),
 }
 
 /// The keys of one `list` call.
@@ -247,12 +252,25 @@ impl Store {
         setup.close().await;
         // Batch scripts differ by row count; keep the common ones prepared. Checkpoints run in
         // the background (below), so the writer's own automatic one is only a backstop.
-        let writer = base
+        let mut writer = base
             .clone()
             .statement_cache_capacity(2 * MAX_BATCH + 16)
             .pragma("wal_autocheckpoint", "20000")
             .connect()
             .await?;
+        // SQLite falls back to opening read-only when it cannot write (a read-only file system,
+        // file or folder), and then every write would fail: refuse to start instead. The probe
+        // rewrites the header's user_version with its own value inside a rolled-back transaction
+        // (taking the write lock alone succeeds on a read-only WAL database).
+        let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+            .fetch_one(&mut writer)
+            .await?;
+        writer.execute("BEGIN IMMEDIATE").await?;
+        let probe = writer
+            .execute(AssertSqlSafe(format!("PRAGMA user_version = {version}")))
+            .await;
+        writer.execute("ROLLBACK").await?;
+        probe.map_err(StoreError::NotWritable)?;
         let checkpointer = tokio::spawn(checkpoint_forever(base.clone().connect().await?));
         let reads = SqlitePoolOptions::new()
             .max_connections(options.read_connections.max(1))

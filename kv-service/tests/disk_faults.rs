@@ -211,43 +211,52 @@ async fn a_read_only_database_directory_stops_start_with_a_clear_error_until_it_
     };
     let nats = NatsServer::start();
     let client = async_nats::connect(nats.url()).await.unwrap();
-    let mut service =
-        Running::start_in(&nats.url(), tempfile::tempdir_in(&tmpfs.path).unwrap(), &[]);
-    ready(&client).await;
-    assert_eq!(set(&client, "kept", "across the fault").await, ok());
-    service.signal("-TERM");
-    let (status, log) = service.wait(Duration::from_secs(15));
-    assert!(status.success(), "{log}");
-    let db_dir = service.kill9();
+    let mut db_dir = tempfile::tempdir_in(&tmpfs.path).unwrap();
+    // After a clean stop SQLite may have removed its WAL and shared-memory files (then it
+    // cannot even open the database read-only); after kill -9 they are still there (then it
+    // opens read-only and only a write shows the fault). Both must refuse to start.
+    for (round, stop) in ["SIGTERM", "kill -9"].into_iter().enumerate() {
+        let mut service = Running::start_in(&nats.url(), db_dir, &[]);
+        ready(&client).await;
+        let key = format!("kept-{round}");
+        assert_eq!(set(&client, &key, "across the fault").await, ok());
+        if stop == "SIGTERM" {
+            service.signal("-TERM");
+            let (status, log) = service.wait(Duration::from_secs(15));
+            assert!(status.success(), "{log}");
+        }
+        db_dir = service.kill9();
 
-    // SQLite must create its WAL and shared-memory files beside the database: with the
-    // directory read-only, starting fails at once, saying which database and why.
-    tmpfs.writable(false);
-    let mut refused = Running::start_in(&nats.url(), db_dir, &[]);
-    let (status, log) = refused.wait(Duration::from_secs(15));
-    assert!(
-        !status.success(),
-        "must not serve a database it cannot write: {log}"
-    );
-    assert!(log.contains("cannot open database `sqlite://"), "{log}");
-    assert!(!log.contains("panicked"), "{log}");
-    println!(
-        "read-only directory: {}",
-        log.lines().last().unwrap_or_default()
-    );
-    let db_dir = refused.kill9();
+        tmpfs.writable(false);
+        let mut refused = Running::start_in(&nats.url(), db_dir, &[]);
+        let (status, log) = refused.wait(Duration::from_secs(15));
+        assert!(
+            !status.success(),
+            "after {stop}: must not serve a database it cannot write: {log}"
+        );
+        assert!(log.contains("cannot open database `sqlite://"), "{log}");
+        assert!(!log.contains("panicked"), "{log}");
+        println!(
+            "read-only after {stop}: {}",
+            log.lines().last().unwrap_or_default()
+        );
+        db_dir = refused.kill9();
 
-    tmpfs.writable(true);
-    let _service = Running::start_in(&nats.url(), db_dir, &[]);
-    ready(&client).await;
-    assert_eq!(
-        call(
-            &client,
-            "get",
-            json!({"plugin_name": "disk", "key": "kept"})
-        )
-        .await,
-        json!({"success": true, "data": {"exists": true, "value": "across the fault"}})
-    );
-    assert_eq!(set(&client, "new", "write").await, ok());
+        tmpfs.writable(true);
+        let service = Running::start_in(&nats.url(), db_dir, &[]);
+        ready(&client).await;
+        for earlier in 0..=round {
+            assert_eq!(
+                call(
+                    &client,
+                    "get",
+                    json!({"plugin_name": "disk", "key": format!("kept-{earlier}")})
+                )
+                .await,
+                json!({"success": true, "data": {"exists": true, "value": "across the fault"}})
+            );
+        }
+        assert_eq!(set(&client, "new", "write").await, ok());
+        db_dir = service.kill9();
+    }
 }

@@ -16,6 +16,10 @@ use crate::store::{self, Store, StoreError};
 pub const PLUGIN_NAME_PATTERN: &str = "^[a-z0-9_-]{1,100}$";
 /// Largest stored value: the byte length of its compact JSON encoding.
 pub const MAX_VALUE_BYTES: usize = 65_536;
+/// Deepest nesting of arrays and objects a stored value may have. A get reply wraps the value in
+/// two more levels (`{"data":{"value":…}}`), and common JSON parsers (serde_json among them)
+/// refuse documents nested past 127: deeper values could be stored but not read back.
+pub const MAX_VALUE_DEPTH: usize = 125;
 /// `list` limit when the request gives none.
 pub const DEFAULT_LIMIT: u32 = 1000;
 
@@ -184,6 +188,8 @@ impl RpcError for KvError {
 /// What can go wrong in set once the request is valid.
 #[derive(Debug, thiserror::Error)]
 pub enum SetError {
+    #[error("value nested {depth} levels deep is over the {MAX_VALUE_DEPTH}-level limit")]
+    TooDeep { depth: usize },
     #[error("value of {size} bytes is over the {MAX_VALUE_BYTES}-byte limit")]
     ValueTooLarge { size: usize },
     #[error(transparent)]
@@ -195,6 +201,7 @@ impl RpcError for SetError {
 
     fn code(&self) -> &str {
         match self {
+            SetError::TooDeep { .. } => codes::VALIDATION_ERROR.code,
             SetError::ValueTooLarge { .. } => VALUE_TOO_LARGE.code,
             SetError::Storage(_) => codes::INTERNAL_ERROR.code,
         }
@@ -202,6 +209,9 @@ impl RpcError for SetError {
 
     fn message(&self) -> Cow<'_, str> {
         match self {
+            SetError::TooDeep { .. } => Cow::Owned(format!(
+                "Field 'value' must be nested at most {MAX_VALUE_DEPTH} levels deep"
+            )),
             SetError::ValueTooLarge { size } => Cow::Owned(format!(
                 "Value size ({size} bytes) exceeds 64KB limit ({MAX_VALUE_BYTES} bytes)"
             )),
@@ -352,6 +362,9 @@ async fn put(
     value: Box<RawValue>,
     ttl_seconds: Option<u32>,
 ) -> Result<SetReply, SetError> {
+    if let Some(depth) = too_deep(value.get()) {
+        return Err(SetError::TooDeep { depth });
+    }
     let compacted = match compact(value.get()) {
         Cow::Borrowed(_) => None,
         Cow::Owned(text) => Some(text),
@@ -418,6 +431,44 @@ fn plugin_of(subject: Subject<'_>, named: Option<String>) -> Result<String, Scop
     }
 }
 
+/// The nesting depth of valid JSON `json` when it is over [`MAX_VALUE_DEPTH`].
+fn too_deep(json: &str) -> Option<usize> {
+    let bytes = json.as_bytes();
+    // Fewer brackets than the limit cannot nest past it: most values skip the walk.
+    let brackets = bytes.iter().filter(|&&b| b == b'[' || b == b'{').count();
+    if brackets <= MAX_VALUE_DEPTH {
+        return None;
+    }
+    Some(nesting(bytes)).filter(|&depth| depth > MAX_VALUE_DEPTH)
+}
+
+/// How deeply arrays and objects nest in valid JSON (`0` for a scalar).
+fn nesting(bytes: &[u8]) -> usize {
+    let (mut depth, mut deepest) = (0_usize, 0_usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &byte in bytes {
+        if in_string {
+            match (escaped, byte) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 /// `json` without insignificant whitespace; borrowed when it has none (the common case). The
 /// input is valid JSON (a `RawValue`), so outside strings every byte is structural, a literal or
 /// whitespace, and dropping the whitespace keeps numbers and strings exactly as sent.
@@ -472,8 +523,23 @@ pub fn schemas() -> Vec<nats_rpc::EndpointSchemas> {
 
 #[cfg(test)]
 mod tests {
-    use super::compact;
+    use super::{MAX_VALUE_DEPTH, compact, nesting, too_deep};
     use std::borrow::Cow;
+
+    #[test]
+    fn nesting_counts_brackets_outside_strings_only() {
+        assert_eq!(nesting(b"1"), 0);
+        assert_eq!(nesting(br#"{"a":[1,{"b":[]}]}"#), 4);
+        assert_eq!(nesting(br#"["[[[{{{", "\"]]]"]"#), 1);
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert_eq!(too_deep(&deep(MAX_VALUE_DEPTH)), None);
+        assert_eq!(
+            too_deep(&deep(MAX_VALUE_DEPTH + 1)),
+            Some(MAX_VALUE_DEPTH + 1)
+        );
+        // Many brackets, little depth.
+        assert_eq!(too_deep(&"[]".repeat(1000)), None);
+    }
 
     #[test]
     fn compact_borrows_when_already_compact() {

@@ -340,6 +340,58 @@ async fn nested_values_round_trip() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_nest_up_to_125_levels_so_every_reply_stays_readable() {
+    let kv = Harness::start().await;
+    let deep = |levels: usize| format!("{}1{}", "[".repeat(levels), "]".repeat(levels));
+    let body = |levels: usize| {
+        format!(
+            r#"{{"plugin_name":"p","key":"deep","value":{}}}"#,
+            deep(levels)
+        )
+    };
+    assert_eq!(
+        kv.raw("rosey.db.kv.set", body(125)).await.body,
+        success(json!({}))
+    );
+    // The get reply nests two levels more (data, value): 127, which serde_json still reads.
+    let reply = kv
+        .raw_payload("rosey.db.kv.get", r#"{"plugin_name":"p","key":"deep"}"#)
+        .await;
+    let parsed: Value = serde_json::from_slice(&reply).expect("a default serde_json reads it");
+    let mut inner = &parsed["data"]["value"];
+    for _ in 0..125 {
+        inner = &inner[0];
+    }
+    assert_eq!(inner, &json!(1));
+    // One level more could be stored but not read back by such clients: refused up front.
+    expect_failure(
+        &kv,
+        "set",
+        body(126),
+        "VALIDATION_ERROR",
+        "Field 'value' must be nested at most 125 levels deep",
+    )
+    .await;
+    // A request nested past 128 levels is not parsed at all.
+    let reply = kv.raw("rosey.db.kv.set", body(128)).await.body;
+    assert_eq!(reply["error"]["code"], "INVALID_JSON", "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Invalid JSON: recursion limit exceeded"),
+        "{reply}"
+    );
+    assert_eq!(
+        kv.raw("rosey.db.kv.get", r#"{"plugin_name":"p","key":"deep"}"#)
+            .await
+            .body["data"]["exists"],
+        json!(true),
+        "the refused sets left the stored value alone"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn big_integers_and_decimal_text_are_preserved_exactly() {
     let kv = Harness::start().await;
     let numbers = [

@@ -10,6 +10,13 @@ use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
+/// jemalloc instead of the system allocator: the request path allocates and frees across threads
+/// (request tasks, the SQLite worker), where glibc malloc spent a fifth of the service's
+/// instructions; see the kv bench in the README.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     // async-nats logs message bodies (stored values) at trace and the server URL, credentials
     // included, at debug: whatever RUST_LOG asks for, it gets at most info.

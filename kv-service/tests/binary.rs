@@ -145,7 +145,8 @@ fn schemas_subcommand_writes_every_schema() {
     }
     assert_eq!(
         String::from_utf8(output.stdout).unwrap().lines().count(),
-        12
+        24,
+        "request, success and error schema of the four fixed and four per-plugin endpoints"
     );
 }
 

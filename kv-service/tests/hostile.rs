@@ -11,12 +11,23 @@ use futures_util::StreamExt;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
-const SUBJECTS: [&str; 4] = [
+/// The contract's subjects and the per-plugin ones (served with `plugin_subjects`), including a
+/// plugin token that is not a valid plugin name.
+const SUBJECTS: [&str; 9] = [
     "rosey.db.kv.set",
     "rosey.db.kv.get",
     "rosey.db.kv.delete",
     "rosey.db.kv.list",
+    "rosey.db.kv.p.set",
+    "rosey.db.kv.p.get",
+    "rosey.db.kv.p.delete",
+    "rosey.db.kv.p.list",
+    "rosey.db.kv.Not-A-Plugin.get",
 ];
+
+async fn start() -> Harness {
+    Harness::start_with(|config| config.plugin_subjects = true).await
+}
 const CODES: [&str; 6] = [
     "INVALID_JSON",
     "VALIDATION_ERROR",
@@ -89,7 +100,7 @@ async fn exactly_one_valid_reply_each(kv: &Harness, payloads: &[Vec<u8>], linger
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hand_picked_hostile_payloads() {
-    let kv = Harness::start().await;
+    let kv = start().await;
     let deep_array = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
     let deep_value = format!(
         r#"{{"plugin_name":"p","key":"k","value":{}1{}}}"#,
@@ -186,7 +197,7 @@ fn any_bytes_on_any_subject_get_exactly_one_valid_envelope() {
         .enable_all()
         .build()
         .unwrap();
-    let kv = runtime.block_on(Harness::start());
+    let kv = runtime.block_on(start());
     let config = ProptestConfig {
         cases: 64,
         failure_persistence: None,

@@ -14,6 +14,15 @@ use crate::store::{self, Store, StoreError};
 
 /// `plugin_name` rule, shared by every request.
 pub const PLUGIN_NAME_PATTERN: &str = "^[a-z0-9_-]{1,100}$";
+/// [`PLUGIN_NAME_PATTERN`] as code, for plugin names that arrive outside a request body (the
+/// per-plugin subjects' token); a unit test holds the two in agreement.
+pub fn is_plugin_name(name: &str) -> bool {
+    (1..=100).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
 /// Largest stored value: the byte length of its compact JSON encoding.
 pub const MAX_VALUE_BYTES: usize = 65_536;
 /// Deepest nesting of arrays and objects a stored value may have. A get reply wraps the value in
@@ -416,11 +425,7 @@ async fn scan(
 /// The plugin a per-plugin subject names, checked against the payload's `plugin_name`, if any.
 fn plugin_of(subject: Subject<'_>, named: Option<String>) -> Result<String, ScopeError> {
     let token = subject.wildcard(0).unwrap_or_default();
-    let valid = (1..=100).contains(&token.len())
-        && token
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-    if !valid {
+    if !is_plugin_name(token) {
         return Err(ScopeError::InvalidSubject);
     }
     match named {
@@ -525,6 +530,34 @@ pub fn schemas() -> Vec<nats_rpc::EndpointSchemas> {
 mod tests {
     use super::{MAX_VALUE_DEPTH, compact, nesting, too_deep};
     use std::borrow::Cow;
+
+    #[test]
+    fn is_plugin_name_agrees_with_the_schema_pattern() {
+        let schema = serde_json::json!({"type": "string", "pattern": super::PLUGIN_NAME_PATTERN});
+        let pattern = jsonschema::validator_for(&schema).unwrap();
+        let long = "a".repeat(100);
+        let too_long = "a".repeat(101);
+        for name in [
+            "chat",
+            "a",
+            "my-plugin_2",
+            &long,
+            &too_long,
+            "",
+            "Chat",
+            "a.b",
+            "a b",
+            "é",
+            "a*",
+            "a\n",
+        ] {
+            assert_eq!(
+                super::is_plugin_name(name),
+                pattern.is_valid(&serde_json::json!(name)),
+                "{name:?}"
+            );
+        }
+    }
 
     #[test]
     fn nesting_counts_brackets_outside_strings_only() {

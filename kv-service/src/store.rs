@@ -38,6 +38,12 @@ const MAX_BATCH: usize = 256;
 const QUEUE: usize = 4096;
 /// Expired rows removed per purge transaction, so a large purge never holds the write lock long.
 const PURGE_CHUNK: u32 = 1000;
+/// Page size of a new database. Every set rewrites the whole page its row lives on into the WAL,
+/// so at 4096 a batch of 128-byte sets wrote 4.3 KB per set (a 4 KB frame per row: the rows of a
+/// batch land on different pages); 2048 halves that and lifted 16-in-flight sets from ~0.60x to
+/// ~0.65x of the bare responder. The price: rows over ~490 bytes (~1000 at 4096) spill to
+/// overflow pages, and 60 KB sets cost ~15% more (twice the frames).
+const PAGE_SIZE: u32 = 2048;
 /// Bookkeeping bytes counted per mirrored row on top of its key and value.
 const ROW_OVERHEAD: usize = 96;
 
@@ -241,7 +247,9 @@ impl Store {
             })
             // Only another process can hold the lock (the service has one writer); past this a
             // write fails with INTERNAL_ERROR rather than leave its caller waiting.
-            .busy_timeout(Duration::from_secs(2));
+            .busy_timeout(Duration::from_secs(2))
+            // Only takes effect when the file is created (a WAL database keeps its page size).
+            .page_size(PAGE_SIZE);
         // Migrate through a one-connection pool: `Migrator::run` on a bare connection makes the
         // future non-`Send` (sqlx's `Acquire` lifetime quirk), and this one is spawned.
         let setup = SqlitePoolOptions::new()
@@ -905,6 +913,40 @@ mod tests {
             .fetch_one(&store.reads)
             .await
             .expect("count")
+    }
+
+    async fn page_size(store: &Store) -> u32 {
+        sqlx::query_scalar("PRAGMA page_size")
+            .fetch_one(&store.reads)
+            .await
+            .expect("page size")
+    }
+
+    /// New files get the small page; a file made with SQLite's default 4096 keeps it (WAL cannot
+    /// change it) and serves as before.
+    #[tokio::test]
+    async fn new_files_use_the_small_page_and_old_files_keep_theirs() {
+        let (_dir, store) = fresh_with(true).await;
+        assert_eq!(page_size(&store).await, PAGE_SIZE);
+        store.close().await;
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("old.db").display());
+        let mut old = SqliteConnectOptions::from_str(&url)
+            .unwrap()
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .page_size(4096)
+            .connect()
+            .await
+            .unwrap();
+        old.execute("CREATE TABLE other (x)").await.unwrap();
+        old.close().await.unwrap();
+        let store = Store::open(&StoreOptions::new(url)).await.expect("open");
+        assert_eq!(page_size(&store).await, 4096);
+        store.set("p", "k", json("1"), None).await.unwrap();
+        assert_eq!(text(&store, "p", "k").await.as_deref(), Some("1"));
+        store.close().await;
     }
 
     async fn purge_removes_only_expired_rows(mirrored: bool) {

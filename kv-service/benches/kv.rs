@@ -236,6 +236,7 @@ async fn run(floor: tokio::runtime::Handle) {
         "kv p95",
         "kv p99"
     );
+    let mut cases: Vec<Case> = Vec::new();
     for op in &ops {
         let subject = format!("rosey.db.kv.{op}");
         for &in_flight in &in_flights {
@@ -265,13 +266,21 @@ async fn run(floor: tokio::runtime::Handle) {
                 kvs.push(k);
             }
             let (floor, kv) = (Summary::of(&floors), Summary::of(&kvs));
+            let ratio = median(&mut ratios);
+            cases.push(Case {
+                op: op.clone(),
+                in_flight,
+                floor,
+                kv,
+                ratio,
+            });
             println!(
                 "{:<5} {:>6} | {:>10.0} {:>10.0} {:>5.2}x | {:>6.0}us {:>6.0}us {:>8} | {:>6.0}us {:>6.0}us {:>6.0}us",
                 op,
                 in_flight,
                 floor.throughput,
                 kv.throughput,
-                median(&mut ratios),
+                ratio,
                 floor.p50_us,
                 floor.p99_us,
                 "",
@@ -306,14 +315,96 @@ async fn run(floor: tokio::runtime::Handle) {
         report.errors,
         report.throughput()
     );
+    let peak_rss = service.peak_rss_kib();
+    let mib = |kib: Option<u64>| kib.map(|kib| kib as f64 / 1024.0);
+    let shown = |mib: Option<f64>| mib.map_or("?".into(), |mib| format!("{mib:.1}"));
     println!(
         "kv-service RSS: idle {} MiB, peak {} MiB before the 60 KB phase, peak {} MiB overall",
-        idle_rss.map_or("?".into(), |kib| format!("{:.1}", kib as f64 / 1024.0)),
-        peak_before_large.map_or("?".into(), |kib| format!("{:.1}", kib as f64 / 1024.0)),
-        service
-            .peak_rss_kib()
-            .map_or("?".into(), |kib| format!("{:.1}", kib as f64 / 1024.0)),
+        shown(mib(idle_rss)),
+        shown(mib(peak_before_large)),
+        shown(mib(peak_rss)),
     );
+    print_targets(&cases, mib(idle_rss), mib(peak_rss), large_seconds > 0.0);
+}
+
+/// One row of the table.
+struct Case {
+    op: String,
+    in_flight: usize,
+    floor: Summary,
+    kv: Summary,
+    ratio: f64,
+}
+
+/// The original Python service's throughput on this kind of machine (its handlers awaited one
+/// aiosqlite statement per request).
+const PYTHON_PER_SECOND: f64 = 2_000.0;
+
+/// Each target of the performance issue against this run's figures (only the cases that ran).
+fn print_targets(cases: &[Case], idle_mib: Option<f64>, peak_mib: Option<f64>, large: bool) {
+    let case = |op: &str, in_flight: usize| {
+        cases
+            .iter()
+            .find(|case| case.op == op && case.in_flight == in_flight)
+    };
+    let mut lines: Vec<(String, bool)> = Vec::new();
+    for (op, target) in [("get", 0.75), ("set", 0.60), ("list", 0.40)] {
+        if let Some(case) = case(op, 16) {
+            lines.push((
+                format!(
+                    "{op} at 16 in flight >= {target:.2}x the floor: {:.2}x",
+                    case.ratio
+                ),
+                case.ratio >= target,
+            ));
+        }
+    }
+    if let Some(case) = case("get", 1) {
+        let bound = case.floor.p50_us + 100.0;
+        lines.push((
+            format!(
+                "get p50 at 1 in flight <= floor p50 + 100 us ({bound:.0} us): {:.0} us",
+                case.kv.p50_us
+            ),
+            case.kv.p50_us <= bound,
+        ));
+    }
+    for (op, times) in [("get", 3.0), ("set", 5.0)] {
+        if let Some(case) = case(op, 16) {
+            let bound = case.floor.p99_us * times;
+            lines.push((
+                format!(
+                    "{op} p99 at 16 in flight <= {times}x floor p99 ({bound:.0} us): {:.0} us",
+                    case.kv.p99_us
+                ),
+                case.kv.p99_us <= bound,
+            ));
+        }
+    }
+    for op in ["get", "set"] {
+        if let Some(case) = case(op, 16) {
+            let times = case.kv.throughput / PYTHON_PER_SECOND;
+            lines.push((
+                format!(
+                    "{op} at 16 in flight >= 15x the Python service ({PYTHON_PER_SECOND:.0}/s): {times:.1}x"
+                ),
+                times >= 15.0,
+            ));
+        }
+    }
+    if let Some(idle) = idle_mib {
+        lines.push((format!("idle RSS <= 20 MiB: {idle:.1} MiB"), idle <= 20.0));
+    }
+    if let (Some(peak), true) = (peak_mib, large) {
+        lines.push((
+            format!("peak RSS with 64 clients x 60 KB values <= 96 MiB: {peak:.1} MiB"),
+            peak <= 96.0,
+        ));
+    }
+    println!("\ntargets:");
+    for (line, met) in lines {
+        println!("  {} {line}", if met { "met   " } else { "MISSED" });
+    }
 }
 
 fn service_command() -> Command {

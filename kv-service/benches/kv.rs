@@ -388,7 +388,7 @@ fn print_targets(cases: &[Case], idle_mib: Option<f64>, peak_mib: Option<f64>, l
             let times = case.ratio / PYTHON_VS_FLOOR;
             lines.push((
                 format!(
-                    "{op} at 16 in flight >= 15x the Python service (0.04x the floor, {python:.0}/s): {times:.1}x"
+                    "{op} at 16 in flight >= 15x the Python service ({PYTHON_VS_FLOOR}x the floor, {python:.0}/s): {times:.1}x"
                 ),
                 times >= 15.0,
             ));

@@ -278,7 +278,7 @@ impl Harness {
             return;
         };
         self.inputs += 1;
-        if self.inputs % self.reset_every == 0 {
+        if self.inputs.is_multiple_of(self.reset_every) {
             self.open_stores();
         }
         let index = usize::from(selector & 0x7f) % self.targets.len();
@@ -447,10 +447,8 @@ fn check_set_reads_back(
         fail(target, payload, "set succeeded without a value");
     };
     let expires = !matches!(request.get("ttl_seconds"), None | Some(Value::Null));
-    let probe = json!({"plugin_name": plugin, "key": key}).to_string();
-    let reply = runtime.block_on(bound.get.respond(api::get::SUBJECT, probe.as_bytes()));
-    let body = reply.payload();
-    let text = std::str::from_utf8(&body).expect("checked UTF-8");
+    let reply = get_back(runtime, bound, &plugin, &key);
+    let text = reply.as_str();
     let got = strict_json(text).expect("checked JSON");
     match (&got["data"]["exists"], expires) {
         (Value::Bool(true), _) => {}
@@ -491,8 +489,8 @@ fn check_set_reads_back(
         strict_json(std::str::from_utf8(&body).expect("checked UTF-8")).expect("checked JSON");
     let first = &listed["data"]["keys"][0];
     if first.as_str() != Some(key.as_str()) && !expires {
-        fail_with(
-            "set",
+        fail(
+            target,
             payload,
             &format!("list with prefix = the key set does not list it first: {listed}"),
         );
@@ -509,11 +507,7 @@ fn check_delete_removes(
     let Some((plugin, key, _)) = parse_request(target, payload) else {
         return;
     };
-    let probe = json!({"plugin_name": plugin, "key": key}).to_string();
-    let reply = runtime.block_on(bound.get.respond(api::get::SUBJECT, probe.as_bytes()));
-    let body = reply.payload();
-    let got =
-        strict_json(std::str::from_utf8(&body).expect("checked UTF-8")).expect("checked JSON");
+    let got = strict_json(&get_back(runtime, bound, &plugin, &key)).expect("checked JSON");
     if got["data"]["exists"] != Value::Bool(false) {
         fail(target, payload, &format!("get after delete: {got}"));
     }
@@ -521,6 +515,13 @@ fn check_delete_removes(
 
 /// `(plugin, key, members)` of a request that was accepted (the plugin named by the subject,
 /// else by `plugin_name`), unless it has duplicate members.
+/// The text of the `get` reply for `plugin` / `key`, through the same request path.
+fn get_back(runtime: &tokio::runtime::Runtime, bound: &Bound, plugin: &str, key: &str) -> String {
+    let probe = json!({"plugin_name": plugin, "key": key}).to_string();
+    let reply = runtime.block_on(bound.get.respond(api::get::SUBJECT, probe.as_bytes()));
+    String::from_utf8(reply.payload().to_vec()).expect("checked UTF-8")
+}
+
 fn parse_request(target: &Target, payload: &[u8]) -> Option<(String, String, Map<String, Value>)> {
     let Ok(Value::Object(request)) = strict_json(std::str::from_utf8(payload).ok()?) else {
         return None;
@@ -590,10 +591,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Members<'a> {
 }
 
 fn fail(target: &Target, payload: &[u8], why: &str) -> ! {
-    fail_with(target.name, payload, why)
-}
-
-fn fail_with(endpoint: &str, payload: &[u8], why: &str) -> ! {
+    let endpoint = target.name;
     let shown = String::from_utf8_lossy(&payload[..payload.len().min(400)]);
     panic!(
         "{endpoint}: {why}\n  payload ({} bytes): {shown}{}",

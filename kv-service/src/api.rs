@@ -450,19 +450,12 @@ fn too_deep(json: &str) -> Option<usize> {
 /// How deeply arrays and objects nest in valid JSON (`0` for a scalar).
 fn nesting(bytes: &[u8]) -> usize {
     let (mut depth, mut deepest) = (0_usize, 0_usize);
-    let (mut in_string, mut escaped) = (false, false);
+    let mut strings = Strings::default();
     for &byte in bytes {
-        if in_string {
-            match (escaped, byte) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
+        if !strings.outside(byte) {
             continue;
         }
         match byte {
-            b'"' => in_string = true,
             b'[' | b'{' => {
                 depth += 1;
                 deepest = deepest.max(depth);
@@ -472,6 +465,33 @@ fn nesting(bytes: &[u8]) -> usize {
         }
     }
     deepest
+}
+
+/// Follows valid JSON byte by byte and tells which bytes lie outside every string (a string's
+/// quotes count as inside): what [`nesting`] and [`compact`] may treat as structure.
+#[derive(Default)]
+struct Strings {
+    inside: bool,
+    escaped: bool,
+}
+
+impl Strings {
+    fn outside(&mut self, byte: u8) -> bool {
+        if self.inside {
+            match (self.escaped, byte) {
+                (true, _) => self.escaped = false,
+                (false, b'\\') => self.escaped = true,
+                (false, b'"') => self.inside = false,
+                _ => {}
+            }
+            false
+        } else if byte == b'"' {
+            self.inside = true;
+            false
+        } else {
+            true
+        }
+    }
 }
 
 /// `json` without insignificant whitespace; borrowed when it has none (the common case). The
@@ -486,18 +506,9 @@ pub fn compact(json: &str) -> Cow<'_, str> {
         return Cow::Borrowed(json);
     }
     let mut out = Vec::with_capacity(bytes.len());
-    let (mut in_string, mut escaped) = (false, false);
+    let mut strings = Strings::default();
     for &byte in bytes {
-        if in_string {
-            match (escaped, byte) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-        } else if byte == b'"' {
-            in_string = true;
-        } else if is_space(&byte) {
+        if strings.outside(byte) && is_space(&byte) {
             continue;
         }
         out.push(byte);

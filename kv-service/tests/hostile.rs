@@ -25,9 +25,6 @@ const SUBJECTS: [&str; 9] = [
     "rosey.db.kv.Not-A-Plugin.get",
 ];
 
-async fn start() -> Harness {
-    Harness::start_with(|config| config.plugin_subjects = true).await
-}
 const CODES: [&str; 6] = [
     "INVALID_JSON",
     "VALIDATION_ERROR",
@@ -36,6 +33,11 @@ const CODES: [&str; 6] = [
     "INTERNAL_ERROR",
     "OVERLOADED",
 ];
+
+/// kv-service with the per-plugin subjects served too.
+async fn start() -> Harness {
+    Harness::start_with(|config| config.plugin_subjects = true).await
+}
 
 /// Checks one reply is a valid envelope: exactly `success` + `data`, or `success: false` +
 /// `error` with exactly a catalogue `code` and a string `message`.

@@ -25,6 +25,17 @@ pub enum Command {
         #[arg(default_value = "schemas")]
         dir: PathBuf,
     },
+    /// Copy every live key, with its value, expiry and timestamps, from one store to another
+    /// (SQLite to PostgreSQL or back). Idempotent: running it again rewrites the same rows.
+    /// Stop the service on the source first, so nothing is written there meanwhile.
+    Copy {
+        /// The store to read, e.g. `sqlite://kv.db`.
+        #[arg(long)]
+        from: String,
+        /// The store to write (created and migrated if new), e.g. `postgres://kv@db/kv`.
+        #[arg(long)]
+        to: String,
+    },
 }
 
 /// How to serve.
@@ -33,7 +44,8 @@ pub struct ServeConfig {
     /// NATS server URL (credentials in it are never logged).
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
-    /// SQLite database URL; the file is created if missing.
+    /// The store: `sqlite://path` (a file, created if missing; one instance) or
+    /// `postgres://user:password@host/database` (several instances may share it).
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite://kv.db")]
     pub database_url: String,
     /// Seconds between purges of expired keys.
@@ -45,10 +57,27 @@ pub struct ServeConfig {
     /// Requests handled at once; past it clients get OVERLOADED at once.
     #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = nats_rpc::DEFAULT_MAX_IN_FLIGHT)]
     pub max_in_flight: usize,
-    /// MiB of memory for the in-memory mirror that serves reads; past it, or at 0, reads go to
-    /// SQLite.
+    /// MiB of memory for the in-memory mirror that serves reads on SQLite; past it, or at 0,
+    /// reads go to the file. PostgreSQL has no mirror (other instances write too).
     #[arg(long, env = "MIRROR_MB", default_value_t = 48)]
     pub mirror_mb: usize,
+    /// Database connections serving reads (PostgreSQL; SQLite when the mirror is off).
+    #[arg(long, env = "READ_CONNECTIONS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub read_connections: u32,
+    /// PostgreSQL: milliseconds a statement may run (a lock held elsewhere, a hung server)
+    /// before the request is answered INTERNAL_ERROR.
+    #[arg(long = "statement-timeout-ms", env = "STATEMENT_TIMEOUT_MS", default_value = "5000", value_parser = parse_millis)]
+    pub statement_timeout: Duration,
+    /// Shifts this process's clock by this many milliseconds: for tests of instances whose
+    /// clocks disagree.
+    #[arg(
+        long,
+        env = "KV_CLOCK_OFFSET_MS",
+        default_value_t = 0,
+        allow_hyphen_values = true,
+        hide = true
+    )]
+    pub clock_offset_ms: i64,
     /// Async worker threads; 1 runs everything on one thread (SQLite has its own).
     #[arg(long, env = "WORKER_THREADS", default_value_t = 1)]
     pub worker_threads: usize,
@@ -158,6 +187,15 @@ impl std::str::FromStr for Secret {
     }
 }
 
+fn parse_millis(text: &str) -> Result<Duration, String> {
+    match text.parse::<u64>() {
+        Ok(0) | Err(_) => Err(format!(
+            "`{text}` is not a whole number of milliseconds >= 1"
+        )),
+        Ok(millis) => Ok(Duration::from_millis(millis)),
+    }
+}
+
 fn parse_seconds(text: &str) -> Result<Duration, String> {
     match text.parse::<u64>() {
         Ok(0) | Err(_) => Err(format!("`{text}` is not a whole number of seconds >= 1")),
@@ -165,8 +203,34 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
     }
 }
 
-/// `nats://user:secret@host:4222` → `nats://***@host:4222`, for logs and error messages.
+/// `nats://user:secret@host:4222` → `nats://***@host:4222` (also `postgres://…`, whose
+/// `password=` parameter goes too), for logs and error messages.
 pub fn redact_url(url: &str) -> String {
+    let (url, query) = match url.split_once('?') {
+        Some((url, query)) => (url, Some(query)),
+        None => (url, None),
+    };
+    let mut redacted = redact_userinfo(url);
+    if let Some(query) = query {
+        let params: Vec<String> = query
+            .split('&')
+            .map(|param| match param.split_once('=') {
+                Some((name, _))
+                    if name.eq_ignore_ascii_case("password")
+                        || name.eq_ignore_ascii_case("sslpassword") =>
+                {
+                    format!("{name}=***")
+                }
+                _ => param.to_owned(),
+            })
+            .collect();
+        redacted.push('?');
+        redacted.push_str(&params.join("&"));
+    }
+    redacted
+}
+
+fn redact_userinfo(url: &str) -> String {
     url.split(',')
         .map(|server| {
             let (scheme, rest) = server.split_once("://").unwrap_or(("", server));
@@ -182,4 +246,52 @@ pub fn redact_url(url: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join(",")
+}
+
+impl ServeConfig {
+    /// How the store is opened for serving.
+    pub fn store_options(&self) -> crate::store::StoreOptions {
+        crate::store::StoreOptions {
+            url: self.database_url.clone(),
+            synchronous_full: self.synchronous_full,
+            read_connections: self.read_connections,
+            mirror_budget_bytes: self.mirror_mb << 20,
+            statement_timeout: self.statement_timeout,
+            clock_offset_ms: self.clock_offset_ms,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn redact_url_hides_user_info_and_password_parameters() {
+        for (url, shown) in [
+            ("nats://127.0.0.1:4222", "nats://127.0.0.1:4222"),
+            ("nats://alice:pw@h:4222", "nats://***@h:4222"),
+            (
+                "nats://a:b@h1:1,nats://c:d@h2:2",
+                "nats://***@h1:1,nats://***@h2:2",
+            ),
+            ("tok@h:4222", "***@h:4222"),
+            (
+                "postgres://kv:s3cret@db:5432/kv",
+                "postgres://***@db:5432/kv",
+            ),
+            (
+                "postgresql://db/kv?user=kv&password=s3cret&sslmode=require",
+                "postgresql://db/kv?user=kv&password=***&sslmode=require",
+            ),
+            (
+                "postgres://db/kv?SSLPASSWORD=x",
+                "postgres://db/kv?SSLPASSWORD=***",
+            ),
+            ("sqlite://kv.db", "sqlite://kv.db"),
+            ("sqlite://kv.db?mode=rwc", "sqlite://kv.db?mode=rwc"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+    }
 }

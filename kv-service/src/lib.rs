@@ -1,18 +1,23 @@
 //! kv-service: the `rosey.db.kv.*` key-value store, served over NATS request/reply with
-//! nats-rpc on an sqlx SQLite database. `main.rs` only parses the command line and calls in here.
+//! nats-rpc on an sqlx database (SQLite, or PostgreSQL for several instances). `main.rs` only
+//! parses the command line and calls in here.
 
 pub mod api;
 pub mod config;
+pub mod peers;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nats_rpc::Service;
+use nats_rpc::{Endpoint, Service};
 
 pub use config::ServeConfig;
+use config::redact_url;
 use store::{Store, StoreOptions};
 
 /// Everything that stops the service from starting, with what to check.
@@ -21,21 +26,43 @@ pub type Error = Box<dyn std::error::Error + Send + Sync>;
 /// How long to keep trying to reach NATS at start before giving up.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(8);
 
-/// Opens the store, connects to NATS, serves the four endpoints until `shutdown` completes, then
-/// drains: in-flight requests are answered and queued writes committed before it returns.
+/// Opens the store, connects to NATS, checks that no instance on another store serves the
+/// same subjects, serves the endpoints until `shutdown` completes, then drains: in-flight
+/// requests are answered and queued writes committed before it returns.
 pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-    let store = Store::open(&StoreOptions {
-        url: config.database_url.clone(),
-        synchronous_full: config.synchronous_full,
-        read_connections: 4,
-        mirror_budget_bytes: config.mirror_mb << 20,
-    })
-    .await
-    .map_err(|err| format!("cannot open database `{}`: {err}", config.database_url))?;
+    let database = redact_url(&config.database_url);
+    let store = Store::open(&config.store_options())
+        .await
+        .map_err(|err| format!("cannot open database `{database}`: {err}"))?;
     let store = Arc::new(store);
+    let mut subjects = vec![
+        api::set::SUBJECT,
+        api::get::SUBJECT,
+        api::delete::SUBJECT,
+        api::list::SUBJECT,
+    ];
+    if config.plugin_subjects {
+        subjects.extend([
+            api::plugin_set::SUBJECT,
+            api::plugin_get::SUBJECT,
+            api::plugin_delete::SUBJECT,
+            api::plugin_list::SUBJECT,
+        ]);
+    }
+    let mine = peers::Mine::new(&store, subjects.iter().map(|s| s.to_string()).collect());
 
-    let nats = connect(config).await?;
-    let mut builder = Service::builder("kv-service", env!("CARGO_PKG_VERSION"))
+    let nats = match connect(config).await {
+        Ok(nats) => nats,
+        Err(err) => {
+            close_store(store).await;
+            return Err(err);
+        }
+    };
+    if let Err(err) = peers::refuse_conflicts(&nats, &mine).await {
+        close_store(store).await;
+        return Err(err.into());
+    }
+    let mut builder = Service::builder(peers::SERVICE, env!("CARGO_PKG_VERSION"))
         .description("rosey.db.kv: per-plugin key-value store")
         .queue_group(config.queue_group.clone())
         .max_in_flight(config.max_in_flight)
@@ -43,6 +70,9 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()>) -> 
         .endpoint::<api::get>()
         .endpoint::<api::delete>()
         .endpoint::<api::list>();
+    for (key, value) in mine.metadata() {
+        builder = builder.metadata(key, value);
+    }
     if config.plugin_subjects {
         builder = builder
             .endpoint::<api::plugin_set>()
@@ -50,35 +80,110 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()>) -> 
             .endpoint::<api::plugin_delete>()
             .endpoint::<api::plugin_list>();
     }
-    let service = builder.serve(nats.clone(), store.clone()).await?;
-    let subjects: Vec<&str> = service
-        .info()
-        .endpoints
-        .iter()
-        .map(|endpoint| endpoint.subject.as_str())
-        .collect();
+    let service = match builder.serve(nats.clone(), store.clone()).await {
+        Ok(service) => service,
+        Err(err) => {
+            close_store(store).await;
+            return Err(err.into());
+        }
+    };
     tracing::info!(
         subjects = %subjects.join(" "),
-        nats = %config::redact_url(&config.nats_url),
-        database = %config.database_url,
+        nats = %redact_url(&config.nats_url),
+        database = %database,
+        store = %format_args!("{} {}", store.backend(), store.id()),
         id = service.id(),
         "kv-service ready"
     );
 
     let purger = tokio::spawn(purge_forever(store.clone(), config.purge_interval));
+    let watcher = tokio::spawn(peers::watch(nats.clone(), mine, service.id().to_owned()));
     shutdown.await;
     tracing::info!("shutting down: draining in-flight requests");
+    watcher.abort();
     if let Err(err) = service.shutdown().await {
         tracing::warn!(%err, "drain incomplete");
     }
     purger.abort();
     let _ = purger.await;
+    let _ = watcher.await;
     if let Err(err) = nats.drain().await {
         tracing::debug!(%err, "closing the NATS connection");
     }
     close_store(store).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Keys moved per page by [`copy`].
+pub const COPY_PAGE: u32 = 1000;
+
+/// Copies every live key, with its value, expiry and timestamps, from the store at `from` to
+/// the one at `to` (created and migrated if new), a page at a time; `progress` hears the
+/// running total after each page. Rows already in the target are replaced, so running it again
+/// is harmless. Returns how many keys were copied.
+pub async fn copy(from: &str, to: &str, mut progress: impl FnMut(u64)) -> Result<u64, Error> {
+    let source = open_to_copy(from, "source").await?;
+    let target = match open_to_copy(to, "target").await {
+        Ok(target) => target,
+        Err(err) => {
+            source.close().await;
+            return Err(err.into());
+        }
+    };
+    let outcome = if source.id() == target.id() {
+        Err(format!(
+            "`{}` and `{}` are one store ({}): nothing to copy",
+            redact_url(from),
+            redact_url(to),
+            source.id()
+        )
+        .into())
+    } else {
+        copy_pages(&source, &target, &mut progress).await
+    };
+    source.close().await;
+    target.close().await;
+    outcome
+}
+
+async fn open_to_copy(url: &str, role: &str) -> Result<Store, String> {
+    let mut options = StoreOptions::new(url);
+    options.mirror_budget_bytes = 0;
+    Store::open(&options)
+        .await
+        .map_err(|err| format!("cannot open the {role} `{}`: {err}", redact_url(url)))
+}
+
+async fn copy_pages(
+    source: &Store,
+    target: &Store,
+    progress: &mut impl FnMut(u64),
+) -> Result<u64, Error> {
+    let mut after: Option<(String, String)> = None;
+    let mut copied = 0;
+    loop {
+        let page = source
+            .export(
+                after.as_ref().map(|(p, k)| (p.as_str(), k.as_str())),
+                COPY_PAGE,
+            )
+            .await
+            .map_err(|err| format!("cannot read the source: {err}"))?;
+        let Some(last) = page.last() else {
+            return Ok(copied);
+        };
+        after = Some((last.plugin.clone(), last.key.clone()));
+        let full = page.len() == COPY_PAGE as usize;
+        copied += target
+            .import(page)
+            .await
+            .map_err(|err| format!("cannot write the target: {err}"))?;
+        progress(copied);
+        if !full {
+            return Ok(copied);
+        }
+    }
 }
 
 /// Connects to NATS once (a clear error naming the URL when it fails); after that, async-nats

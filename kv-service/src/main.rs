@@ -64,6 +64,7 @@ async fn run(cli: Cli) -> ExitCode {
                 }
             })
             .map_err(|err| format!("cannot write schemas to {}: {err}", dir.display()).into()),
+        Some(Command::Copy { from, to }) => copy(&from, &to).await,
         Some(Command::Serve) | None => kv_service::serve(&cli.serve, shutdown_signal()).await,
     };
     match outcome {
@@ -73,6 +74,26 @@ async fn run(cli: Cli) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `kv-service copy`: a progress line at most once a second, and one line at the end.
+async fn copy(from: &str, to: &str) -> Result<(), kv_service::Error> {
+    let started = std::time::Instant::now();
+    let mut shown = started;
+    let copied = kv_service::copy(from, to, |copied| {
+        if shown.elapsed() >= std::time::Duration::from_secs(1) {
+            shown = std::time::Instant::now();
+            println!("copied {copied} keys so far");
+        }
+    })
+    .await?;
+    println!(
+        "copied {copied} live keys from {} to {} in {:.1} s",
+        kv_service::config::redact_url(from),
+        kv_service::config::redact_url(to),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -76,7 +76,10 @@ pub use client::{CallError, Client, DEFAULT_TIMEOUT};
 pub use endpoint::{Endpoint, RequestType, ResponseType, Subject};
 pub use envelope::RemoteError;
 pub use error::{Error, ErrorCode, INTERNAL_MESSAGE, RpcError, codes};
-pub use micro::{ERROR_CODE_HEADER, ERROR_HEADER, EndpointInfo, ServiceInfo};
+pub use micro::{
+    ERROR_CODE_HEADER, ERROR_HEADER, EndpointInfo, Instance, InstanceEndpoint, ServiceInfo,
+    discover,
+};
 pub use schema::{
     DIALECT, EndpointSchemas, Rejection, RequestValidator, SchemaError, catalogue, schema_of,
 };

@@ -5,9 +5,10 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::StreamExt;
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
@@ -156,6 +157,64 @@ pub(crate) async fn spawn(
             }
         }
     }))
+}
+
+/// One running instance of a service, as its `$SRV.INFO` reply describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Instance {
+    pub name: String,
+    pub id: String,
+    #[serde(default)]
+    pub version: String,
+    /// The service's metadata (`null` in the reply reads as empty).
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub metadata: BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub endpoints: Vec<InstanceEndpoint>,
+}
+
+/// One endpoint of an [`Instance`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct InstanceEndpoint {
+    pub name: String,
+    pub subject: String,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub queue_group: String,
+}
+
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+/// Every instance of service `name` that answers `$SRV.INFO.<name>` within `window` (any
+/// implementation of NATS micro, this one or another), in the order their replies came.
+/// Replies that are not an INFO response are skipped.
+pub async fn discover(
+    client: &async_nats::Client,
+    name: &str,
+    window: Duration,
+) -> Result<Vec<Instance>, async_nats::Error> {
+    let inbox = client.new_inbox();
+    let mut replies = client.subscribe(inbox.clone()).await?;
+    client
+        .publish_with_reply(format!("$SRV.INFO.{name}"), inbox, bytes::Bytes::new())
+        .await?;
+    client.flush().await?;
+    let deadline = tokio::time::Instant::now() + window;
+    let mut found = Vec::new();
+    while let Ok(Some(reply)) = tokio::time::timeout_at(deadline, replies.next()).await {
+        match serde_json::from_slice::<Instance>(&reply.payload) {
+            Ok(instance) if instance.name == name => found.push(instance),
+            Ok(_) => {}
+            Err(err) => tracing::debug!(%err, "skipping a reply that is not an INFO response"),
+        }
+    }
+    let _ = replies.unsubscribe().await;
+    Ok(found)
 }
 
 /// A fresh, unique service id.

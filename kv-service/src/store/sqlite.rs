@@ -1,243 +1,70 @@
-//! The key-value store behind the service, on SQLite through sqlx. Nothing outside this module
-//! sees SQL: the handlers speak `set`/`get`/`delete`/`list`/`purge_expired`, so a PostgreSQL
-//! backend can slot in behind the same methods.
+//! The SQLite backend: one process per database file, which it holds locked for as long as it
+//! runs, so it is provably the only writer and may serve reads from its [`Mirror`].
 //!
-//! Writes go through one writer task that owns the only write connection and commits every
-//! pending write in one transaction (group commit): consecutive sets become one multi-row upsert
-//! and consecutive deletes one statement, so a batch costs a handful of statements however many
-//! writes it holds, there is no `SQLITE_BUSY` between writers, and each caller hears back only
-//! after the commit that holds its write.
-//!
-//! Reads are served from a mirror of the table that only the writer changes, right after each
-//! commit and before anyone is told: a get or list sees exactly the committed state, in
-//! microseconds, without a statement (sqlx spends ~75 µs per statement handing it to its worker
-//! thread). The mirror has a memory budget; a database larger than that is read from SQLite,
-//! through a pool of read-only connections that WAL lets run beside the writer. The service must
-//! be the only writer of its database file: the mirror does not see changes made behind its back.
+//! The writer commits a batch in one round trip where it can: consecutive sets become one
+//! multi-row upsert and consecutive deletes one statement, sent as one script, so there is no
+//! `SQLITE_BUSY` between writers. Reads come from the mirror (microseconds, no statement: sqlx
+//! spends ~75 µs per statement handing it to its worker thread) while the data fits its memory
+//! budget, and past it from a pool of read-only connections that WAL lets run beside the
+//! writer.
 
 use std::collections::BTreeMap;
-use std::ops::Bound;
 use std::str::FromStr;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use serde_json::value::RawValue;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Executor, Row};
-use tokio::sync::{mpsc, oneshot};
+use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Executor, Row as _};
 use tokio::task::JoinHandle;
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+use super::mirror::{self, Entry, Mirror};
+use super::writer::{Applied, Commit, Write, Writer};
+use super::{Listing, Row, StoreError, StoreOptions, Value, now_ms, parse_value, prefix_end};
 
-/// Most writes committed in one transaction (6 bound parameters each, far below SQLite's 32766).
-const MAX_BATCH: usize = 256;
-/// Writes waiting for the writer before callers wait for room (back-pressure).
-const QUEUE: usize = 4096;
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
 /// Expired rows removed per purge transaction, so a large purge never holds the write lock long.
-const PURGE_CHUNK: u32 = 1000;
+pub(crate) const PURGE_CHUNK: u32 = 1000;
 /// Page size of a new database. Every set rewrites the whole page its row lives on into the WAL,
 /// so at 4096 a batch of 128-byte sets wrote 4.3 KB per set (a 4 KB frame per row: the rows of a
 /// batch land on different pages); 2048 halves that and lifted 16-in-flight sets from ~0.60x to
 /// ~0.65x of the bare responder. The price: rows over ~490 bytes (~1000 at 4096) spill to
 /// overflow pages, and 60 KB sets cost ~18% more (twice the frames: 1.9k/s against 2.3k/s).
-const PAGE_SIZE: u32 = 2048;
-/// Bookkeeping bytes counted per mirrored row on top of its key and value.
-const ROW_OVERHEAD: usize = 96;
+pub(crate) const PAGE_SIZE: u32 = 2048;
+/// Most statements the writer keeps prepared: batch scripts differ by row count.
+const STATEMENT_CACHE: usize = 2 * super::writer::MAX_BATCH + 16;
 
-/// A stored value: JSON text, shared without copying between the store and replies.
-pub type Value = Arc<RawValue>;
-
-/// How the store opens its database.
-#[derive(Debug, Clone)]
-pub struct StoreOptions {
-    /// `sqlite://path/to/kv.db` (created if missing) or `sqlite::memory:`.
-    pub url: String,
-    /// `synchronous=FULL` instead of `NORMAL`: also survive power loss, at a cost per commit.
-    /// Either way a committed write survives the process being killed.
-    pub synchronous_full: bool,
-    /// Read-only connections serving reads when the mirror is off.
-    pub read_connections: u32,
-    /// Memory the in-memory mirror may use; past it (or at 0) reads go to SQLite.
-    pub mirror_budget_bytes: usize,
-}
-
-impl StoreOptions {
-    /// Defaults for `url`: WAL, `synchronous=NORMAL`, four readers, a 48 MiB mirror.
-    pub fn new(url: impl Into<String>) -> Self {
-        StoreOptions {
-            url: url.into(),
-            synchronous_full: false,
-            read_connections: 4,
-            mirror_budget_bytes: 48 << 20,
-        }
-    }
-}
-
-/// A storage failure. Its text is for the log; clients see a generic message.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
-    #[error("database migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("stored value is not valid JSON: {0}")]
-    Corrupt(serde_json::Error),
-    #[error("database error: {0}")]
-    Write(Arc<sqlx::Error>),
-    #[error("the store's writer has stopped")]
-    Closed,
-    #[error(
-        "the database cannot be written (check the file system and the permissions of the \
-         file and its folder): {0}"
-    )]
-    NotWritable(sqlx::Error),
-}
-
-/// The keys of one `list` call.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Listing {
-    /// Live keys in ascending byte order, at most `limit`.
-    pub keys: Vec<String>,
-    /// More live keys match beyond `limit`.
-    pub truncated: bool,
-}
-
-/// The store: a handle to the writer task, the mirror and the read pool.
+/// An open SQLite store.
 #[derive(Debug)]
-pub struct Store {
-    writes: mpsc::Sender<Command>,
+pub(crate) struct Sqlite {
+    pub(crate) writer: Writer,
     mirror: Arc<RwLock<Option<Mirror>>>,
     reads: SqlitePool,
-    writer: JoinHandle<()>,
     checkpointer: JoinHandle<()>,
+    clock: Clock,
+    /// The database file, held locked (`flock`) while this store is open; `None` in memory.
+    _lock: Option<std::fs::File>,
 }
 
-/// Every committed row, by plugin then key (`String` orders bytewise, as SQLite's BINARY does).
-/// Expired rows may linger until the next purge; readers skip them.
-#[derive(Debug, Default)]
-struct Mirror {
-    plugins: BTreeMap<String, BTreeMap<String, Entry>>,
-    bytes: usize,
-    budget: usize,
+/// This process's clock, shifted by the configured offset (tests of clock skew).
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    offset_ms: i64,
 }
 
-#[derive(Debug, Clone)]
-struct Entry {
-    value: Value,
-    expires_at: Option<i64>,
-}
-
-impl Entry {
-    fn live(&self, now: i64) -> bool {
-        self.expires_at.is_none_or(|at| at > now)
+impl Clock {
+    fn now(self) -> i64 {
+        now_ms() + self.offset_ms
     }
 }
 
-impl Mirror {
-    fn get(&self, plugin: &str, key: &str, now: i64) -> Option<&Entry> {
-        self.plugins
-            .get(plugin)?
-            .get(key)
-            .filter(|entry| entry.live(now))
-    }
-
-    fn list(&self, plugin: &str, prefix: &str, limit: usize, now: i64) -> Listing {
-        let Some(keys) = self.plugins.get(plugin) else {
-            return Listing {
-                keys: Vec::new(),
-                truncated: false,
-            };
-        };
-        let end = prefix_end(prefix);
-        let upper = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
-        let mut live = keys
-            .range::<str, _>((Bound::Included(prefix), upper))
-            .filter(|(_, entry)| entry.live(now))
-            .map(|(key, _)| key);
-        let found: Vec<String> = live.by_ref().take(limit).cloned().collect();
-        Listing {
-            truncated: live.next().is_some(),
-            keys: found,
-        }
-    }
-
-    /// Returns false once over budget: the caller then drops the mirror.
-    fn set(&mut self, plugin: &str, key: &str, entry: Entry) -> bool {
-        let size = key.len() + entry.value.get().len() + ROW_OVERHEAD;
-        let keys = match self.plugins.get_mut(plugin) {
-            Some(keys) => keys,
-            None => self.plugins.entry(plugin.to_owned()).or_default(),
-        };
-        match keys.get_mut(key) {
-            Some(old) => {
-                self.bytes -= old.value.get().len();
-                self.bytes += entry.value.get().len();
-                *old = entry;
-            }
-            None => {
-                keys.insert(key.to_owned(), entry);
-                self.bytes += size;
-            }
-        }
-        self.bytes <= self.budget
-    }
-
-    fn remove(&mut self, plugin: &str, key: &str) {
-        if let Some(keys) = self.plugins.get_mut(plugin)
-            && let Some(old) = keys.remove(key)
-        {
-            self.bytes -= key.len() + old.value.get().len() + ROW_OVERHEAD;
-            if keys.is_empty() {
-                self.plugins.remove(plugin);
-            }
-        }
-    }
-
-    fn purge(&mut self, now: i64) {
-        let mut freed = 0;
-        self.plugins.retain(|_, keys| {
-            keys.retain(|key, entry| {
-                let keep = entry.live(now);
-                if !keep {
-                    freed += key.len() + entry.value.get().len() + ROW_OVERHEAD;
-                }
-                keep
-            });
-            !keys.is_empty()
-        });
-        self.bytes -= freed;
-    }
-}
-
-enum Write {
-    Set {
-        plugin: String,
-        key: String,
-        value: Value,
-        ttl_seconds: Option<u32>,
-    },
-    Delete {
-        plugin: String,
-        key: String,
-    },
-    Purge,
-}
-
-/// `Set` → 0, `Delete` → rows deleted, `Purge` → rows purged.
-type Applied = u64;
-
-struct Command {
-    write: Write,
-    done: oneshot::Sender<Result<Applied, StoreError>>,
-}
-
-impl Store {
-    /// Opens (creating if missing) the database, migrates it, loads the mirror, and starts the
-    /// writer.
-    pub async fn open(options: &StoreOptions) -> Result<Store, StoreError> {
+impl Sqlite {
+    /// Opens (creating if missing) and locks the file, migrates it, reads the store's
+    /// identity, loads the mirror and starts the writer.
+    pub(crate) async fn open(options: &StoreOptions) -> Result<(Sqlite, String), StoreError> {
         let base = SqliteConnectOptions::from_str(&options.url)?
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(if options.synchronous_full {
@@ -256,13 +83,27 @@ impl Store {
             .max_connections(1)
             .connect_with(base.clone().create_if_missing(true))
             .await?;
+        // The file exists now. Lock it before changing anything, so that of two processes
+        // started on one file, one serves and the other stops here.
+        let lock = match lock_file(base.get_filename()) {
+            Ok(lock) => lock,
+            Err(err) => {
+                setup.close().await;
+                return Err(err);
+            }
+        };
         MIGRATOR.run(&setup).await?;
+        let id: Option<String> =
+            sqlx::query_scalar("SELECT value FROM kv_meta WHERE name = 'store_id'")
+                .fetch_optional(&setup)
+                .await?;
         setup.close().await;
-        // Batch scripts differ by row count; keep the common ones prepared. Checkpoints run in
-        // the background (below), so the writer's own automatic one is only a backstop.
+        let id = id.ok_or(StoreError::NoIdentity)?;
+        // Checkpoints run in the background (below), so the writer's own automatic one is only
+        // a backstop.
         let mut writer = base
             .clone()
-            .statement_cache_capacity(2 * MAX_BATCH + 16)
+            .statement_cache_capacity(STATEMENT_CACHE)
             .pragma("wal_autocheckpoint", "20000")
             .connect()
             .await?;
@@ -288,54 +129,32 @@ impl Store {
         let mirror = Arc::new(RwLock::new(
             load_mirror(&reads, options.mirror_budget_bytes).await?,
         ));
-        let (writes, queue) = mpsc::channel(QUEUE);
-        let writer = tokio::spawn(run_writer(writer, queue, mirror.clone()));
-        Ok(Store {
-            writes,
+        let clock = Clock {
+            offset_ms: options.clock_offset_ms,
+        };
+        let writer = Writer::spawn(Committer {
+            conn: writer,
+            mirror: mirror.clone(),
+            clock,
+        });
+        let store = Sqlite {
+            writer,
             mirror,
             reads,
-            writer,
             checkpointer,
-        })
+            clock,
+            _lock: lock,
+        };
+        Ok((store, id))
     }
 
-    /// Whether reads are served from memory (false past the memory budget).
-    pub fn mirrored(&self) -> bool {
-        read(&self.mirror).is_some()
+    pub(crate) fn mirrored(&self) -> bool {
+        mirror::read(&self.mirror).is_some()
     }
 
-    /// Upserts `key` with `value`; replaces any earlier TTL. Returns once committed.
-    pub async fn set(
-        &self,
-        plugin: impl Into<String>,
-        key: impl Into<String>,
-        value: Value,
-        ttl_seconds: Option<u32>,
-    ) -> Result<(), StoreError> {
-        self.write(Write::Set {
-            plugin: plugin.into(),
-            key: key.into(),
-            value,
-            ttl_seconds,
-        })
-        .await
-        .map(drop)
-    }
-
-    /// Removes a live key; `true` if there was one. Returns once committed.
-    pub async fn delete(&self, plugin: &str, key: &str) -> Result<bool, StoreError> {
-        self.write(Write::Delete {
-            plugin: plugin.to_owned(),
-            key: key.to_owned(),
-        })
-        .await
-        .map(|deleted| deleted > 0)
-    }
-
-    /// The value of a live key.
-    pub async fn get(&self, plugin: &str, key: &str) -> Result<Option<Value>, StoreError> {
-        let now = now_ms();
-        if let Some(mirror) = read(&self.mirror).as_ref() {
+    pub(crate) async fn get(&self, plugin: &str, key: &str) -> Result<Option<Value>, StoreError> {
+        let now = self.clock.now();
+        if let Some(mirror) = mirror::read(&self.mirror).as_ref() {
             return Ok(mirror
                 .get(plugin, key, now)
                 .map(|entry| entry.value.clone()));
@@ -352,15 +171,14 @@ impl Store {
         row.map(|row| parse_value(row.get(0))).transpose()
     }
 
-    /// Live keys starting with `prefix` (literally, bytewise), in byte order, at most `limit`.
-    pub async fn list(
+    pub(crate) async fn list(
         &self,
         plugin: &str,
         prefix: &str,
         limit: u32,
     ) -> Result<Listing, StoreError> {
-        let now = now_ms();
-        if let Some(mirror) = read(&self.mirror).as_ref() {
+        let now = self.clock.now();
+        if let Some(mirror) = mirror::read(&self.mirror).as_ref() {
             return Ok(mirror.list(plugin, prefix, limit as usize, now));
         }
         let fetch = i64::from(limit) + 1;
@@ -391,11 +209,11 @@ impl Store {
         Ok(Listing { keys, truncated })
     }
 
-    /// Deletes every expired row, a chunk per transaction so writes keep flowing meanwhile.
-    pub async fn purge_expired(&self) -> Result<u64, StoreError> {
+    /// Chunk after chunk through the writer, which owns the only write connection.
+    pub(crate) async fn purge_expired(&self) -> Result<u64, StoreError> {
         let mut total = 0;
         loop {
-            let purged = self.write(Write::Purge).await?;
+            let purged = self.writer.write(Write::Purge).await?;
             total += purged;
             if purged < u64::from(PURGE_CHUNK) {
                 return Ok(total);
@@ -403,27 +221,45 @@ impl Store {
         }
     }
 
-    /// Stops the writer after the queued writes are committed, and closes every connection.
-    pub async fn close(self) {
-        drop(self.writes);
-        let _ = self.writer.await;
+    pub(crate) async fn export(
+        &self,
+        plugin: &str,
+        key: &str,
+        limit: u32,
+    ) -> Result<Vec<Row>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT plugin_name, key, value, expires_at, created_at, updated_at FROM kv \
+             WHERE (plugin_name, key) > (?1, ?2) AND (expires_at IS NULL OR expires_at > ?3) \
+             ORDER BY plugin_name, key LIMIT ?4",
+        )
+        .bind(plugin)
+        .bind(key)
+        .bind(self.clock.now())
+        .bind(i64::from(limit))
+        .fetch_all(&self.reads)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(Row {
+                    plugin: row.get(0),
+                    key: row.get(1),
+                    value: parse_value(row.get(2))?,
+                    expires_at: row.get(3),
+                    created_at: row.get(4),
+                    updated_at: row.get(5),
+                })
+            })
+            .collect()
+    }
+
+    pub(crate) async fn close(self) {
+        self.writer.close().await;
         self.checkpointer.abort();
         let _ = self.checkpointer.await;
         self.reads.close().await;
     }
 
-    async fn write(&self, write: Write) -> Result<Applied, StoreError> {
-        let (done, outcome) = oneshot::channel();
-        self.writes
-            .send(Command { write, done })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        outcome.await.map_err(|_| StoreError::Closed)?
-    }
-
-    /// The query plan of the prefix listing (for the test that proves it is an index range).
-    #[doc(hidden)]
-    pub async fn list_query_plan(&self) -> Result<Vec<String>, StoreError> {
+    pub(crate) async fn list_query_plan(&self) -> Result<Vec<String>, StoreError> {
         let rows = sqlx::query(LIST_RANGE_PLAN)
             .bind("p")
             .bind("a")
@@ -436,23 +272,24 @@ impl Store {
     }
 }
 
-/// A poisoned lock only means a reader panicked mid-read; the mirror itself is intact.
-fn read(mirror: &RwLock<Option<Mirror>>) -> std::sync::RwLockReadGuard<'_, Option<Mirror>> {
-    mirror
-        .read()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn write_lock(mirror: &RwLock<Option<Mirror>>) -> std::sync::RwLockWriteGuard<'_, Option<Mirror>> {
-    mirror
-        .write()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn parse_value(text: String) -> Result<Value, StoreError> {
-    RawValue::from_string(text)
-        .map(Value::from)
-        .map_err(StoreError::Corrupt)
+/// Takes an exclusive `flock` on the database file, held as long as the returned file is open
+/// (the kernel drops it when the process dies, kill -9 included). SQLite's own locks are
+/// `fcntl` locks, which `flock` does not touch: other tools can still open the file; only a
+/// second kv-service is turned away. `None` for an in-memory database (no file).
+fn lock_file(path: &std::path::Path) -> Result<Option<std::fs::File>, StoreError> {
+    let Ok(file) = std::fs::File::open(path) else {
+        return Ok(None);
+    };
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::InUse {
+            path: path.display().to_string(),
+        }),
+        Err(std::fs::TryLockError::Error(err)) => {
+            tracing::warn!(%err, path = %path.display(), "cannot lock the database file; a second process on it would not be refused");
+            Ok(Some(file))
+        }
+    }
 }
 
 /// Reads every row into a mirror, or returns `None` (reads from SQLite) when they do not fit
@@ -461,10 +298,7 @@ async fn load_mirror(reads: &SqlitePool, budget: usize) -> Result<Option<Mirror>
     if budget == 0 {
         return Ok(None);
     }
-    let mut mirror = Mirror {
-        budget,
-        ..Mirror::default()
-    };
+    let mut mirror = Mirror::new(budget);
     let rows = sqlx::query("SELECT plugin_name, key, value, expires_at FROM kv")
         .fetch_all(reads)
         .await?;
@@ -510,22 +344,6 @@ const LIST_FROM: &str = "SELECT key FROM kv \
        AND (expires_at IS NULL OR expires_at > ?3) \
      ORDER BY key LIMIT ?4";
 
-/// The smallest string greater than every string starting with `prefix`: the last character
-/// bumped to the next scalar value (dropping trailing `char::MAX`). UTF-8 byte order is code
-/// point order, so `[prefix, end)` is exactly the keys with that byte prefix; `%` and `_` are
-/// ordinary characters here, unlike in `LIKE`.
-pub fn prefix_end(prefix: &str) -> Option<String> {
-    let mut chars: Vec<char> = prefix.chars().collect();
-    while let Some(last) = chars.pop() {
-        let next = (u32::from(last) + 1..=u32::from(char::MAX)).find_map(char::from_u32);
-        if let Some(next) = next {
-            chars.push(next);
-            return Some(chars.into_iter().collect());
-        }
-    }
-    None
-}
-
 /// How often committed WAL frames are copied into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
@@ -543,79 +361,67 @@ async fn checkpoint_forever(mut conn: SqliteConnection) {
     }
 }
 
-async fn run_writer(
-    mut conn: SqliteConnection,
-    mut queue: mpsc::Receiver<Command>,
+/// The writer's side: the only write connection, and the mirror it keeps in step.
+struct Committer {
+    conn: SqliteConnection,
     mirror: Arc<RwLock<Option<Mirror>>>,
-) {
-    let mut batch: Vec<Command> = Vec::with_capacity(MAX_BATCH);
-    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        // Let requests that are already readable queue their writes first: one yield costs
-        // microseconds and fills the batch, where every extra batch costs a round trip.
-        tokio::task::yield_now().await;
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(command) => batch.push(command),
-                Err(_) => break,
-            }
-        }
-        let now = now_ms();
-        let started = std::time::Instant::now();
-        let writes: Vec<&Write> = batch.iter().map(|command| &command.write).collect();
+    clock: Clock,
+}
+
+impl Commit for Committer {
+    async fn commit(&mut self, writes: &[&Write]) -> Vec<Result<Applied, StoreError>> {
+        let now = self.clock.now();
         let outcome = {
             // Only this task changes the mirror, so reading it here without holding the lock
             // across the commit is safe: it cannot change underneath.
-            let planned = read(&mirror)
+            let planned = mirror::read(&self.mirror)
                 .as_ref()
-                .and_then(|mirror| plan(mirror, &writes, now));
+                .and_then(|mirror| plan(mirror, writes, now));
             match planned {
-                Some(applied) => commit_batch(&mut conn, &writes, now)
+                Some(applied) => commit_batch(&mut self.conn, writes, now)
                     .await
                     .map(|()| applied),
-                None => commit_each(&mut conn, &writes, now).await,
+                None => commit_each(&mut self.conn, writes, now).await,
             }
         };
         match outcome {
             Ok(applied) => {
-                apply(&mirror, &writes, now);
-                tracing::trace!(
-                    writes = writes.len(),
-                    micros = started.elapsed().as_micros() as u64,
-                    "committed"
-                );
-                for (command, applied) in batch.drain(..).zip(applied) {
-                    let _ = command.done.send(Ok(applied));
-                }
+                apply(&self.mirror, writes, now);
+                applied.into_iter().map(Ok).collect()
             }
-            Err(err) if batch.len() == 1 || !row_level(&err) => {
+            Err(err) if writes.len() == 1 || !row_level(&err) => {
                 // The database itself is failing (locked, full, read-only, gone): every write
                 // of the batch would fail the same way, so none is retried.
-                tracing::error!(%err, writes = batch.len(), "write failed");
-                let err = Arc::new(err);
-                for command in batch.drain(..) {
-                    let _ = command.done.send(Err(StoreError::Write(err.clone())));
-                }
+                tracing::error!(%err, writes = writes.len(), "write failed");
+                let err = Arc::new(StoreError::Database(err));
+                writes
+                    .iter()
+                    .map(|_| Err(StoreError::Shared(err.clone())))
+                    .collect()
             }
             Err(err) => {
                 // A row-level failure must not fail its neighbours: retry each alone, so every
                 // caller gets its own outcome.
-                tracing::warn!(%err, writes = batch.len(), "batch failed, committing its writes one by one");
-                for command in batch.drain(..) {
-                    let one = [&command.write];
-                    let outcome = commit_each(&mut conn, &one, now).await;
+                tracing::warn!(%err, writes = writes.len(), "batch failed, committing its writes one by one");
+                let mut outcomes = Vec::with_capacity(writes.len());
+                for write in writes {
+                    let one = [*write];
+                    let outcome = commit_each(&mut self.conn, &one, now).await;
                     match &outcome {
-                        Ok(_) => apply(&mirror, &one, now),
+                        Ok(_) => apply(&self.mirror, &one, now),
                         Err(err) => tracing::error!(%err, "write failed"),
                     }
-                    let _ = command
-                        .done
-                        .send(outcome.map(|applied| applied[0]).map_err(StoreError::from));
+                    outcomes.push(outcome.map(|applied| applied[0]).map_err(StoreError::from));
                 }
+                outcomes
             }
         }
     }
-    if let Err(err) = conn.close().await {
-        tracing::warn!(%err, "closing the write connection");
+
+    async fn close(self) {
+        if let Err(err) = self.conn.close().await {
+            tracing::warn!(%err, "closing the write connection");
+        }
     }
 }
 
@@ -634,7 +440,7 @@ fn row_level(err: &sqlx::Error) -> bool {
 
 /// What each write of a batch will report, worked out from the mirror (the committed state)
 /// plus the batch's own earlier writes: a delete reports whether a live key was there. `None`
-/// for a batch holding a purge, whose count only SQLite knows (it deletes a bounded chunk).
+/// for a batch holding a purge or an import, whose counts only SQLite knows.
 fn plan(mirror: &Mirror, writes: &[&Write], now: i64) -> Option<Vec<Applied>> {
     let mut overlay: BTreeMap<(&str, &str), bool> = BTreeMap::new();
     writes
@@ -650,14 +456,14 @@ fn plan(mirror: &Mirror, writes: &[&Write], now: i64) -> Option<Vec<Applied>> {
                     .unwrap_or_else(|| mirror.get(plugin, key, now).is_some());
                 Some(u64::from(live))
             }
-            Write::Purge => None,
+            Write::Purge | Write::Import(_) => None,
         })
         .collect()
 }
 
 /// Applies committed writes to the mirror; drops the mirror if it outgrows its budget.
 fn apply(mirror: &RwLock<Option<Mirror>>, writes: &[&Write], now: i64) {
-    let mut guard = write_lock(mirror);
+    let mut guard = mirror::write_lock(mirror);
     let Some(mirror) = guard.as_mut() else {
         return;
     };
@@ -678,6 +484,15 @@ fn apply(mirror: &RwLock<Option<Mirror>>, writes: &[&Write], now: i64) {
             }
             Write::Delete { plugin, key } => mirror.remove(plugin, key),
             Write::Purge => mirror.purge(now),
+            Write::Import(rows) => {
+                for row in rows {
+                    let entry = Entry {
+                        value: row.value.clone(),
+                        expires_at: row.expires_at,
+                    };
+                    within_budget &= mirror.set(&row.plugin, &row.key, entry);
+                }
+            }
         }
     }
     if !within_budget {
@@ -734,6 +549,13 @@ fn push_rows(sql: &mut String, rows: usize, row: &str) {
 const PURGE_SQL: &str = "DELETE FROM kv WHERE (plugin_name, key) IN \
        (SELECT plugin_name, key FROM kv \
         WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)";
+
+/// One copied row, exactly as it was.
+const IMPORT_SQL: &str = "INSERT INTO kv (plugin_name, key, value, expires_at, created_at, updated_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+     ON CONFLICT (plugin_name, key) DO UPDATE SET value = excluded.value, \
+       expires_at = excluded.expires_at, created_at = excluded.created_at, \
+       updated_at = excluded.updated_at";
 
 /// A bound parameter of a batch script.
 enum Bind<'a> {
@@ -797,7 +619,9 @@ async fn commit_batch(
                     }
                 }
             }
-            Write::Purge => unreachable!("`plan` sends batches with a purge to `commit_each`"),
+            Write::Purge | Write::Import(_) => {
+                unreachable!("`plan` sends batches with a purge or an import to `commit_each`")
+            }
         }
         start = end;
     }
@@ -865,6 +689,20 @@ async fn commit_each(
                 .execute(&mut *tx)
                 .await?
                 .rows_affected(),
+            Write::Import(rows) => {
+                for row in rows {
+                    sqlx::query(IMPORT_SQL)
+                        .bind(row.plugin.as_str())
+                        .bind(row.key.as_str())
+                        .bind(row.value.get())
+                        .bind(row.expires_at)
+                        .bind(row.created_at)
+                        .bind(row.updated_at)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                rows.len() as u64
+            }
         };
         applied.push(rows);
     }
@@ -872,28 +710,35 @@ async fn commit_each(
     Ok(applied)
 }
 
-/// Milliseconds since the Unix epoch: the unit of `expires_at`, `created_at`, `updated_at`.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as i64)
-}
-
 #[cfg(test)]
 mod tests {
+    use serde_json::value::RawValue;
+
+    use super::super::{Backends, Store};
     use super::*;
+    use crate::store::mirror::ROW_OVERHEAD;
+
+    fn url_in(dir: &tempfile::TempDir, file: &str) -> String {
+        format!("sqlite://{}", dir.path().join(file).display())
+    }
 
     /// A store on a fresh file; `mirrored` false sends every read to SQLite.
     async fn fresh_with(mirrored: bool) -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!("sqlite://{}", dir.path().join("kv.db").display());
-        let mut options = StoreOptions::new(url);
+        let mut options = StoreOptions::new(url_in(&dir, "kv.db"));
         if !mirrored {
             options.mirror_budget_bytes = 0;
         }
         let store = Store::open(&options).await.expect("open");
         assert_eq!(store.mirrored(), mirrored);
         (dir, store)
+    }
+
+    fn reads(store: &Store) -> &SqlitePool {
+        match &store.backend {
+            Backends::Sqlite(sqlite) => &sqlite.reads,
+            Backends::Postgres(_) => unreachable!("a SQLite test"),
+        }
     }
 
     fn json(text: &str) -> Value {
@@ -908,16 +753,9 @@ mod tests {
             .map(|value| value.get().to_owned())
     }
 
-    async fn row_count(store: &Store) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM kv")
-            .fetch_one(&store.reads)
-            .await
-            .expect("count")
-    }
-
     async fn page_size(store: &Store) -> u32 {
         sqlx::query_scalar("PRAGMA page_size")
-            .fetch_one(&store.reads)
+            .fetch_one(reads(store))
             .await
             .expect("page size")
     }
@@ -931,7 +769,7 @@ mod tests {
         store.close().await;
 
         let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!("sqlite://{}", dir.path().join("old.db").display());
+        let url = url_in(&dir, "old.db");
         let mut old = SqliteConnectOptions::from_str(&url)
             .unwrap()
             .create_if_missing(true)
@@ -949,91 +787,10 @@ mod tests {
         store.close().await;
     }
 
-    async fn purge_removes_only_expired_rows(mirrored: bool) {
-        let (_dir, store) = fresh_with(mirrored).await;
-        for key in ["short-1", "short-2", "short-3"] {
-            store.set("p", key, json("1"), Some(1)).await.unwrap();
-        }
-        store.set("p", "long", json("2"), Some(3600)).await.unwrap();
-        store.set("p", "forever", json("3"), None).await.unwrap();
-        store
-            .set("q", "other-plugin", json("4"), None)
-            .await
-            .unwrap();
-        assert_eq!(
-            store.purge_expired().await.unwrap(),
-            0,
-            "nothing expired yet"
-        );
-        tokio::time::sleep(Duration::from_millis(1100)).await;
-        // Expired rows are invisible before any purge, though still stored.
-        assert_eq!(text(&store, "p", "short-1").await, None);
-        assert!(
-            !store.delete("p", "short-2").await.unwrap(),
-            "an expired key is not deleted"
-        );
-        assert_eq!(store.purge_expired().await.unwrap(), 3);
-        assert_eq!(row_count(&store).await, 3);
-        let listing = store.list("p", "", 100).await.unwrap();
-        assert_eq!(listing.keys, ["forever", "long"]);
-        assert_eq!(
-            text(&store, "q", "other-plugin").await.as_deref(),
-            Some("4")
-        );
-        assert_eq!(store.purge_expired().await.unwrap(), 0);
-        store.close().await;
-    }
-
-    #[tokio::test]
-    async fn purge_removes_only_expired_rows_mirrored() {
-        purge_removes_only_expired_rows(true).await;
-    }
-
-    #[tokio::test]
-    async fn purge_removes_only_expired_rows_from_sqlite() {
-        purge_removes_only_expired_rows(false).await;
-    }
-
-    /// The same writes, batched or not, mirrored or not, leave the same state and report the
-    /// same results.
-    async fn batched_writes_report_like_single_ones(mirrored: bool) {
-        let (_dir, store) = fresh_with(mirrored).await;
-        store.set("p", "gone", json("0"), None).await.unwrap();
-        // Queued together, these reach the writer as one batch.
-        let (a, b, c, d, e, f) = tokio::join!(
-            store.set("p", "k", json("1"), None),
-            store.delete("p", "k"),
-            store.delete("p", "k"),
-            store.set("p", "k", json("2"), None),
-            store.set("p", "k", json("[3]"), None),
-            store.delete("p", "gone"),
-        );
-        a.unwrap();
-        d.unwrap();
-        e.unwrap();
-        assert!(b.unwrap(), "the first delete finds the key the set wrote");
-        assert!(!c.unwrap(), "the second finds nothing");
-        assert!(f.unwrap());
-        assert_eq!(text(&store, "p", "k").await.as_deref(), Some("[3]"));
-        assert_eq!(text(&store, "p", "gone").await, None);
-        assert_eq!(row_count(&store).await, 1);
-        store.close().await;
-    }
-
-    #[tokio::test]
-    async fn batched_writes_report_like_single_ones_mirrored() {
-        batched_writes_report_like_single_ones(true).await;
-    }
-
-    #[tokio::test]
-    async fn batched_writes_report_like_single_ones_from_sqlite() {
-        batched_writes_report_like_single_ones(false).await;
-    }
-
     #[tokio::test]
     async fn the_mirror_is_loaded_from_the_file_and_dropped_past_its_budget() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("kv.db").display());
+        let url = url_in(&dir, "kv.db");
         let store = Store::open(&StoreOptions::new(url.clone())).await.unwrap();
         store.set("p", "a", json(r#"{"x":1}"#), None).await.unwrap();
         store.set("p", "b", json("2"), Some(3600)).await.unwrap();
@@ -1058,26 +815,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn purge_works_through_more_rows_than_one_chunk() {
-        let (_dir, store) = fresh_with(false).await;
-        let store = Arc::new(store);
-        let mut writes = tokio::task::JoinSet::new();
-        for i in 0..(PURGE_CHUNK + 250) {
-            let store = store.clone();
-            writes.spawn(async move { store.set("p", &format!("k{i}"), json("0"), Some(1)).await });
-        }
-        while let Some(done) = writes.join_next().await {
-            done.unwrap().unwrap();
-        }
-        tokio::time::sleep(Duration::from_millis(1100)).await;
-        assert_eq!(
-            store.purge_expired().await.unwrap(),
-            u64::from(PURGE_CHUNK) + 250
-        );
-        assert_eq!(row_count(&store).await, 0);
-    }
-
-    #[tokio::test]
     async fn prefix_listing_is_an_index_range_not_a_scan() {
         let (_dir, store) = fresh_with(false).await;
         let plan = store.list_query_plan().await.unwrap();
@@ -1097,8 +834,7 @@ mod tests {
         let (dir, store) = fresh_with(true).await;
         store.set("p", "k", json("\"v\""), None).await.unwrap();
         // A second, independent connection sees the committed row at once.
-        let url = format!("sqlite://{}", dir.path().join("kv.db").display());
-        let mut other = SqliteConnectOptions::from_str(&url)
+        let mut other = SqliteConnectOptions::from_str(&url_in(&dir, "kv.db"))
             .unwrap()
             .connect()
             .await
@@ -1111,17 +847,55 @@ mod tests {
         store.close().await;
     }
 
-    #[test]
-    fn prefix_end_bumps_the_last_character() {
-        assert_eq!(prefix_end(""), None);
-        assert_eq!(prefix_end("user:").as_deref(), Some("user;"));
-        assert_eq!(prefix_end("a%").as_deref(), Some("a&"));
-        assert_eq!(prefix_end("a_").as_deref(), Some("a`"));
-        assert_eq!(prefix_end("é").as_deref(), Some("ê"));
-        // Skips the surrogate gap: U+D7FF is followed by U+E000.
-        assert_eq!(prefix_end("\u{D7FF}").as_deref(), Some("\u{E000}"));
-        // Drops a trailing U+10FFFF and bumps the character before it.
-        assert_eq!(prefix_end("a\u{10FFFF}").as_deref(), Some("b"));
-        assert_eq!(prefix_end("\u{10FFFF}"), None);
+    /// Two stores on one file would each trust a mirror the other does not update: the second
+    /// is refused, naming the file and the ways out, and may open once the first has closed.
+    #[tokio::test]
+    async fn a_second_store_on_one_file_is_refused_until_the_first_closes() {
+        let (dir, first) = fresh_with(true).await;
+        let url = url_in(&dir, "kv.db");
+        let refused = Store::open(&StoreOptions::new(url.clone()))
+            .await
+            .expect_err("the file is taken");
+        let message = refused.to_string();
+        assert!(matches!(refused, StoreError::InUse { .. }), "{message}");
+        assert!(
+            message.contains(&dir.path().join("kv.db").display().to_string())
+                && message.contains("in use by another kv-service process")
+                && message.contains("DATABASE_URL=postgres://"),
+            "{message}"
+        );
+        // Other tools may still read the file.
+        let mut other = SqliteConnectOptions::from_str(&url)
+            .unwrap()
+            .read_only(true)
+            .connect()
+            .await
+            .unwrap();
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM kv")
+            .fetch_one(&mut other)
+            .await
+            .unwrap();
+        assert_eq!(count, 0);
+        first.close().await;
+        let second = Store::open(&StoreOptions::new(url))
+            .await
+            .expect("free again");
+        second.close().await;
+    }
+
+    #[tokio::test]
+    async fn the_identity_is_made_once_with_the_file() {
+        let (dir, store) = fresh_with(true).await;
+        let id = store.id().to_owned();
+        assert_eq!(id.len(), 32, "128 random bits in hex: {id}");
+        store.close().await;
+        let again = Store::open(&StoreOptions::new(url_in(&dir, "kv.db")))
+            .await
+            .unwrap();
+        assert_eq!(again.id(), id, "reopening keeps it");
+        again.close().await;
+        let (_other_dir, other) = fresh_with(true).await;
+        assert_ne!(other.id(), id, "another file has its own");
+        other.close().await;
     }
 }

@@ -1,0 +1,380 @@
+//! The key-value store behind the service. Nothing outside this module sees SQL: the handlers
+//! speak `set`/`get`/`delete`/`list`, the purge task `purge_expired`, `kv-service copy`
+//! `export`/`import`. Two backends sit behind the same methods, chosen by the URL:
+//!
+//! - **SQLite** (`sqlite://…`, the embedded default): one process per file, which it holds
+//!   locked so a second process refuses to start. Being provably the only writer, it serves
+//!   reads from an in-memory [`mirror`]; expiry follows this process's clock.
+//! - **PostgreSQL** (`postgres://…` or `postgresql://…`): any number of instances on one
+//!   database. No mirror (another instance may have written since), so every read is a
+//!   statement, batched; expiry follows the database's clock, so instances whose clocks
+//!   disagree still agree on it.
+//!
+//! Either way writes go through one writer task per process ([`writer`]: group commit), and a
+//! caller hears back only after the commit that holds its write. Each store has an identity,
+//! made when the database is created, that instances advertise so that instances on different
+//! stores never share one queue group.
+
+mod mirror;
+mod postgres;
+mod sqlite;
+mod writer;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::value::RawValue;
+
+/// A stored value: JSON text, shared without copying between the store and replies.
+pub type Value = Arc<RawValue>;
+
+/// Which database a URL names: `postgres://` and `postgresql://` are PostgreSQL, anything else
+/// SQLite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn of(url: &str) -> Backend {
+        let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
+        if scheme.eq_ignore_ascii_case("postgres") || scheme.eq_ignore_ascii_case("postgresql") {
+            Backend::Postgres
+        } else {
+            Backend::Sqlite
+        }
+    }
+
+    /// `sqlite` / `postgres`: how instances advertise it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How the store opens its database.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// `sqlite://path/to/kv.db` (created if missing), `sqlite::memory:`, or
+    /// `postgres://user@host/db`.
+    pub url: String,
+    /// SQLite: `synchronous=FULL` instead of `NORMAL`, to also survive power loss, at a cost
+    /// per commit. Either way a committed write survives the process being killed.
+    pub synchronous_full: bool,
+    /// Connections serving reads: SQLite's read-only pool (used when the mirror is off) or
+    /// PostgreSQL's reader tasks.
+    pub read_connections: u32,
+    /// SQLite: memory the in-memory mirror may use; past it (or at 0) reads go to the file.
+    pub mirror_budget_bytes: usize,
+    /// PostgreSQL: the longest a statement may run (`statement_timeout`) and, with a second
+    /// of grace, the longest the service waits for any answer from the database.
+    pub statement_timeout: Duration,
+    /// Shifts this process's clock (for tests of clock skew). Only SQLite reads the process
+    /// clock; on PostgreSQL expiry is the database's business and this changes nothing.
+    pub clock_offset_ms: i64,
+}
+
+impl StoreOptions {
+    /// Defaults for `url`: WAL with `synchronous=NORMAL`, four readers, a 48 MiB mirror, a
+    /// 5 s statement timeout.
+    pub fn new(url: impl Into<String>) -> Self {
+        StoreOptions {
+            url: url.into(),
+            synchronous_full: false,
+            read_connections: 4,
+            mirror_budget_bytes: 48 << 20,
+            statement_timeout: Duration::from_secs(5),
+            clock_offset_ms: 0,
+        }
+    }
+}
+
+/// A storage failure. Its text is for the log and for startup errors; clients see a generic
+/// message.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored value is not valid JSON: {0}")]
+    Corrupt(serde_json::Error),
+    #[error("stored key is not UTF-8")]
+    CorruptKey,
+    /// One failure reported to every caller it failed (a batch, a read batch).
+    #[error(transparent)]
+    Shared(Arc<StoreError>),
+    #[error("the store's writer has stopped")]
+    Closed,
+    #[error(
+        "the database cannot be written (check the file system and the permissions of the \
+         file and its folder): {0}"
+    )]
+    NotWritable(sqlx::Error),
+    #[error(
+        "{path} is in use by another kv-service process, and a SQLite file has exactly one: \
+         stop that process, give this one a file of its own, or run every instance on one \
+         PostgreSQL database (DATABASE_URL=postgres://…)"
+    )]
+    InUse { path: String },
+    #[error("the database gave no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("no connection to the database: {0}")]
+    Unavailable(Arc<StoreError>),
+    #[error(
+        "PostgreSQL has no free connection slot ({0}): each kv-service instance holds one \
+         connection for writes, one per reader and one more while purging; raise the server's \
+         max_connections or lower --read-connections"
+    )]
+    NoSlots(sqlx::Error),
+    #[error("the database has no identity row (kv_meta.store_id): was it made by kv-service?")]
+    NoIdentity,
+}
+
+/// The keys of one `list` call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing {
+    /// Live keys in ascending byte order, at most `limit`.
+    pub keys: Vec<String>,
+    /// More live keys match beyond `limit`.
+    pub truncated: bool,
+}
+
+/// One stored row, as `kv-service copy` moves it between stores.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub plugin: String,
+    pub key: String,
+    pub value: Value,
+    /// Milliseconds since the Unix epoch; `None` never expires.
+    pub expires_at: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// The store: one backend behind the operations.
+#[derive(Debug)]
+pub struct Store {
+    backend: Backends,
+    id: String,
+}
+
+#[derive(Debug)]
+enum Backends {
+    Sqlite(sqlite::Sqlite),
+    /// Boxed: its connect options are large, and the store is moved around as a whole.
+    Postgres(Box<postgres::Postgres>),
+}
+
+impl Store {
+    /// Opens (creating if missing) the database, migrates it, reads its identity and starts the
+    /// writer.
+    pub async fn open(options: &StoreOptions) -> Result<Store, StoreError> {
+        Ok(match Backend::of(&options.url) {
+            Backend::Sqlite => {
+                let (store, id) = sqlite::Sqlite::open(options).await?;
+                Store {
+                    backend: Backends::Sqlite(store),
+                    id,
+                }
+            }
+            Backend::Postgres => {
+                let (store, id) = postgres::Postgres::open(options).await?;
+                Store {
+                    backend: Backends::Postgres(Box::new(store)),
+                    id,
+                }
+            }
+        })
+    }
+
+    /// Which backend this is.
+    pub fn backend(&self) -> Backend {
+        match self.backend {
+            Backends::Sqlite(_) => Backend::Sqlite,
+            Backends::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// The store's identity, made when its database was created: every instance serving one
+    /// store reports the same.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Whether reads are served from memory (SQLite within its mirror budget).
+    pub fn mirrored(&self) -> bool {
+        match &self.backend {
+            Backends::Sqlite(store) => store.mirrored(),
+            Backends::Postgres(_) => false,
+        }
+    }
+
+    /// Upserts `key` with `value`; replaces any earlier TTL. Returns once committed.
+    pub async fn set(
+        &self,
+        plugin: impl Into<String>,
+        key: impl Into<String>,
+        value: Value,
+        ttl_seconds: Option<u32>,
+    ) -> Result<(), StoreError> {
+        let write = writer::Write::Set {
+            plugin: plugin.into(),
+            key: key.into(),
+            value,
+            ttl_seconds,
+        };
+        self.writer().write(write).await.map(drop)
+    }
+
+    /// Removes a live key; `true` if there was one. Returns once committed.
+    pub async fn delete(&self, plugin: &str, key: &str) -> Result<bool, StoreError> {
+        let write = writer::Write::Delete {
+            plugin: plugin.to_owned(),
+            key: key.to_owned(),
+        };
+        self.writer().write(write).await.map(|deleted| deleted > 0)
+    }
+
+    /// The value of a live key.
+    pub async fn get(&self, plugin: &str, key: &str) -> Result<Option<Value>, StoreError> {
+        match &self.backend {
+            Backends::Sqlite(store) => store.get(plugin, key).await,
+            Backends::Postgres(store) => store.get(plugin, key).await,
+        }
+    }
+
+    /// Live keys starting with `prefix` (literally, bytewise), in byte order, at most `limit`.
+    pub async fn list(
+        &self,
+        plugin: &str,
+        prefix: &str,
+        limit: u32,
+    ) -> Result<Listing, StoreError> {
+        match &self.backend {
+            Backends::Sqlite(store) => store.list(plugin, prefix, limit).await,
+            Backends::Postgres(store) => store.list(plugin, prefix, limit).await,
+        }
+    }
+
+    /// Deletes every expired row, a bounded chunk per commit so writes keep flowing meanwhile.
+    /// Safe to run in several instances at once.
+    pub async fn purge_expired(&self) -> Result<u64, StoreError> {
+        match &self.backend {
+            Backends::Sqlite(store) => store.purge_expired().await,
+            Backends::Postgres(store) => store.purge_expired().await,
+        }
+    }
+
+    /// Up to `limit` live rows after `after` (`(plugin, key)`, exclusive; `None` from the
+    /// start), in (plugin, key) order: one page of `kv-service copy`.
+    pub async fn export(
+        &self,
+        after: Option<(&str, &str)>,
+        limit: u32,
+    ) -> Result<Vec<Row>, StoreError> {
+        let (plugin, key) = after.unwrap_or(("", ""));
+        match &self.backend {
+            Backends::Sqlite(store) => store.export(plugin, key, limit).await,
+            Backends::Postgres(store) => store.export(plugin, key, limit).await,
+        }
+    }
+
+    /// Writes `rows` as they are (value, expiry and timestamps), replacing rows with the same
+    /// keys, in one commit.
+    pub async fn import(&self, rows: Vec<Row>) -> Result<u64, StoreError> {
+        self.writer().write(writer::Write::Import(rows)).await
+    }
+
+    /// Stops the writer after the queued writes are committed, and closes every connection.
+    pub async fn close(self) {
+        match self.backend {
+            Backends::Sqlite(store) => store.close().await,
+            Backends::Postgres(store) => (*store).close().await,
+        }
+    }
+
+    /// The database's plan for a prefix listing, one line per step (for the tests that prove
+    /// it is an index range, not a scan).
+    #[doc(hidden)]
+    pub async fn list_query_plan(&self) -> Result<Vec<String>, StoreError> {
+        match &self.backend {
+            Backends::Sqlite(store) => store.list_query_plan().await,
+            Backends::Postgres(store) => store.list_query_plan().await,
+        }
+    }
+
+    fn writer(&self) -> &writer::Writer {
+        match &self.backend {
+            Backends::Sqlite(store) => &store.writer,
+            Backends::Postgres(store) => &store.writer,
+        }
+    }
+}
+
+/// The smallest string greater than every string starting with `prefix`: the last character
+/// bumped to the next scalar value (dropping trailing `char::MAX`). UTF-8 byte order is code
+/// point order, so `[prefix, end)` is exactly the keys with that byte prefix; `%` and `_` are
+/// ordinary characters here, unlike in `LIKE`.
+pub fn prefix_end(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let next = (u32::from(last) + 1..=u32::from(char::MAX)).find_map(char::from_u32);
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
+/// Milliseconds since the Unix epoch: the unit of `expires_at`, `created_at`, `updated_at`.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as i64)
+}
+
+fn parse_value(text: String) -> Result<Value, StoreError> {
+    RawValue::from_string(text)
+        .map(Value::from)
+        .map_err(StoreError::Corrupt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_bumps_the_last_character() {
+        assert_eq!(prefix_end(""), None);
+        assert_eq!(prefix_end("user:").as_deref(), Some("user;"));
+        assert_eq!(prefix_end("a%").as_deref(), Some("a&"));
+        assert_eq!(prefix_end("a_").as_deref(), Some("a`"));
+        assert_eq!(prefix_end("é").as_deref(), Some("ê"));
+        // Skips the surrogate gap: U+D7FF is followed by U+E000.
+        assert_eq!(prefix_end("\u{D7FF}").as_deref(), Some("\u{E000}"));
+        // Drops a trailing U+10FFFF and bumps the character before it.
+        assert_eq!(prefix_end("a\u{10FFFF}").as_deref(), Some("b"));
+        assert_eq!(prefix_end("\u{10FFFF}"), None);
+    }
+
+    #[test]
+    fn the_scheme_picks_the_backend() {
+        for url in ["postgres://u@h/db", "postgresql://h/db", "POSTGRES://h/db"] {
+            assert_eq!(Backend::of(url), Backend::Postgres, "{url}");
+        }
+        for url in ["sqlite://kv.db", "sqlite::memory:", "kv.db", "postgres.db"] {
+            assert_eq!(Backend::of(url), Backend::Sqlite, "{url}");
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! Group commit, the same for every backend: writes queue for one writer task, which takes
+//! everything pending (up to [`MAX_BATCH`]) and hands it to its backend's [`Commit`] as one
+//! batch; each caller hears back only after the commit that holds its write. One task owning
+//! the only write connection also means writers of one process never contend for locks.
+
+use std::future::Future;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::{Row, StoreError, Value};
+
+/// Most writes handed to a backend at once.
+pub(crate) const MAX_BATCH: usize = 256;
+/// Writes waiting for the writer before callers wait for room (back-pressure).
+const QUEUE: usize = 4096;
+
+/// One change to the store.
+#[derive(Debug)]
+pub(crate) enum Write {
+    Set {
+        plugin: String,
+        key: String,
+        value: Value,
+        ttl_seconds: Option<u32>,
+    },
+    Delete {
+        plugin: String,
+        key: String,
+    },
+    /// One chunk of expired rows (SQLite, whose only write connection is the writer's).
+    Purge,
+    /// Rows copied from another store, kept as they were (`kv-service copy`).
+    Import(Vec<Row>),
+}
+
+impl Write {
+    /// `(plugin, key)` of a set or delete: what must not repeat within one statement.
+    pub(crate) fn target(&self) -> Option<(&str, &str)> {
+        match self {
+            Write::Set { plugin, key, .. } | Write::Delete { plugin, key } => Some((plugin, key)),
+            Write::Purge | Write::Import(_) => None,
+        }
+    }
+}
+
+/// What a committed write reports: `Set` 0, `Delete` rows deleted, `Purge` rows purged,
+/// `Import` rows written.
+pub(crate) type Applied = u64;
+
+/// How one backend commits a batch.
+pub(crate) trait Commit: Send + 'static {
+    /// Commits `writes` in order and returns each one's outcome, in the same order. A write may
+    /// fail alone (its neighbours still commit) or with the whole batch.
+    fn commit(
+        &mut self,
+        writes: &[&Write],
+    ) -> impl Future<Output = Vec<Result<Applied, StoreError>>> + Send;
+
+    /// Called once the queue is closed and empty.
+    fn close(self) -> impl Future<Output = ()> + Send;
+}
+
+struct Command {
+    write: Write,
+    done: oneshot::Sender<Result<Applied, StoreError>>,
+}
+
+/// The handle to a running writer task.
+#[derive(Debug)]
+pub(crate) struct Writer {
+    queue: mpsc::Sender<Command>,
+    task: JoinHandle<()>,
+}
+
+impl Writer {
+    pub(crate) fn spawn(committer: impl Commit) -> Writer {
+        let (queue, commands) = mpsc::channel(QUEUE);
+        Writer {
+            queue,
+            task: tokio::spawn(run(committer, commands)),
+        }
+    }
+
+    /// Queues `write` and waits for its commit.
+    pub(crate) async fn write(&self, write: Write) -> Result<Applied, StoreError> {
+        let (done, outcome) = oneshot::channel();
+        self.queue
+            .send(Command { write, done })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        outcome.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Commits what is queued, then stops the task.
+    pub(crate) async fn close(self) {
+        drop(self.queue);
+        let _ = self.task.await;
+    }
+}
+
+async fn run(mut committer: impl Commit, mut queue: mpsc::Receiver<Command>) {
+    let mut batch: Vec<Command> = Vec::with_capacity(MAX_BATCH);
+    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        // Let requests that are already readable queue their writes first: one yield costs
+        // microseconds and fills the batch, where every extra batch costs a commit.
+        tokio::task::yield_now().await;
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(command) => batch.push(command),
+                Err(_) => break,
+            }
+        }
+        let started = std::time::Instant::now();
+        let writes: Vec<&Write> = batch.iter().map(|command| &command.write).collect();
+        let outcomes = committer.commit(&writes).await;
+        debug_assert_eq!(outcomes.len(), batch.len(), "one outcome per write");
+        tracing::trace!(
+            writes = writes.len(),
+            micros = started.elapsed().as_micros() as u64,
+            "batch done"
+        );
+        drop(writes);
+        for (command, outcome) in batch.drain(..).zip(outcomes) {
+            let _ = command.done.send(outcome);
+        }
+    }
+    committer.close().await;
+}

@@ -253,10 +253,9 @@ impl Harness {
                 .path()
                 .join(format!("{which}-{}.db", self.generation));
             let options = StoreOptions {
-                url: format!("sqlite://{}", path.display()),
-                synchronous_full: false,
                 read_connections: 2,
                 mirror_budget_bytes,
+                ..StoreOptions::new(format!("sqlite://{}", path.display()))
             };
             let store = self
                 .runtime

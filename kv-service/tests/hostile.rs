@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::Harness;
+use common::{Backend, Harness};
 use futures_util::StreamExt;
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -36,7 +36,7 @@ const CODES: [&str; 6] = [
 
 /// kv-service with the per-plugin subjects served too.
 async fn start() -> Harness {
-    Harness::start_with(|config| config.plugin_subjects = true).await
+    Harness::start_with(Backend::Sqlite, |config| config.plugin_subjects = true).await
 }
 
 /// Checks one reply is a valid envelope: exactly `success` + `data`, or `success: false` +

@@ -8,12 +8,12 @@ mod common;
 use std::time::Duration;
 
 use common::process::{Running, ready};
-use common::{Harness, failure, success};
+use common::{Backend, Harness, failure, success};
 use nats_rpc::testing::NatsServer;
 use serde_json::{Value, json};
 
 async fn plugin_harness() -> Harness {
-    Harness::start_with(|config| config.plugin_subjects = true).await
+    Harness::start_with(Backend::Sqlite, |config| config.plugin_subjects = true).await
 }
 
 #[tokio::test]
@@ -156,7 +156,7 @@ async fn field_rules_still_apply_and_bad_subject_tokens_are_refused() {
 
 #[tokio::test]
 async fn without_the_option_only_the_fixed_subjects_are_served() {
-    let h = Harness::start().await;
+    let h = Harness::start(Backend::Sqlite).await;
     let reply = tokio::time::timeout(
         Duration::from_secs(5),
         h.client

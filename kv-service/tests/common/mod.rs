@@ -1,5 +1,6 @@
 //! Shared test harness: a private nats-server child on a free port, kv-service served
-//! in-process on a fresh SQLite file, and helpers to send raw requests and read replies.
+//! in-process on a fresh store (a SQLite file, or a private PostgreSQL cluster), and helpers to
+//! send raw requests and read replies.
 #![allow(dead_code)]
 
 pub mod process;
@@ -9,6 +10,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kv_service::ServeConfig;
+pub use kv_service::store::Backend;
+use kv_service::testing::Postgres;
 use nats_rpc::testing::NatsServer;
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -17,6 +20,8 @@ use tokio::task::JoinHandle;
 pub struct Harness {
     pub nats: NatsServer,
     pub dir: tempfile::TempDir,
+    /// The PostgreSQL server behind a PostgreSQL store.
+    pub postgres: Option<Postgres>,
     pub client: async_nats::Client,
     pub config: ServeConfig,
     stop: Option<oneshot::Sender<()>>,
@@ -32,17 +37,22 @@ pub struct Reply {
 }
 
 impl Harness {
-    pub async fn start() -> Harness {
-        Self::start_with(|_| {}).await
+    pub async fn start(backend: Backend) -> Harness {
+        Self::start_with(backend, |_| {}).await
     }
 
     /// Starts with a config tweak (e.g. a short purge interval).
-    pub async fn start_with(tweak: impl FnOnce(&mut ServeConfig)) -> Harness {
+    pub async fn start_with(backend: Backend, tweak: impl FnOnce(&mut ServeConfig)) -> Harness {
         let nats = NatsServer::start();
         let dir = tempfile::tempdir().expect("temp dir");
+        let postgres = (backend == Backend::Postgres).then(Postgres::start);
+        let database_url = match &postgres {
+            Some(server) => server.url(),
+            None => format!("sqlite://{}", dir.path().join("kv.db").display()),
+        };
         let mut config = ServeConfig {
             nats_url: nats.url(),
-            database_url: format!("sqlite://{}", dir.path().join("kv.db").display()),
+            database_url,
             purge_interval: Duration::from_secs(300),
             synchronous_full: false,
             max_in_flight: nats_rpc::DEFAULT_MAX_IN_FLIGHT,
@@ -71,6 +81,7 @@ impl Harness {
         let harness = Harness {
             nats,
             dir,
+            postgres,
             client,
             config,
             stop: Some(stop),
@@ -87,6 +98,48 @@ impl Harness {
 
     pub fn db_path(&self) -> PathBuf {
         self.dir.path().join("kv.db")
+    }
+
+    /// Runs `sql` on the store's database, behind the service's back: SQLite through a
+    /// connection of its own, PostgreSQL through psql (then `key` columns are bytea, so write
+    /// `convert_to('k', 'UTF8')`). Returns the rows, columns joined by `|`, NULL as empty.
+    pub async fn sql(&self, sqlite: &str, postgres: &str) -> Vec<String> {
+        match &self.postgres {
+            Some(server) => server
+                .psql("postgres", postgres)
+                .lines()
+                .map(str::to_owned)
+                .collect(),
+            None => {
+                use sqlx::{Row, ValueRef};
+                let pool = sqlx::SqlitePool::connect_with(
+                    sqlx::sqlite::SqliteConnectOptions::new().filename(self.db_path()),
+                )
+                .await
+                .expect("open the service's database");
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sqlite.to_owned()))
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap_or_else(|err| panic!("{sqlite}: {err}"));
+                pool.close().await;
+                rows.iter()
+                    .map(|row| {
+                        (0..row.columns().len())
+                            .map(|i| {
+                                if row.try_get_raw(i).unwrap().is_null() {
+                                    String::new()
+                                } else if let Ok(int) = row.try_get::<i64, _>(i) {
+                                    int.to_string()
+                                } else {
+                                    row.get::<String, _>(i)
+                                }
+                            })
+                            .collect::<Vec<_>>()
+                            .join("|")
+                    })
+                    .collect()
+            }
+        }
     }
 
     /// Sends raw bytes and returns the full reply.

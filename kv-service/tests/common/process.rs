@@ -1,19 +1,18 @@
-//! kv-service as a child process, the way operators run it.
+//! kv-service as a child process, the way operators run it, on a SQLite file in a folder of
+//! its own (`kv_service::testing::Service` does the process handling).
 
-use std::io::Read;
+use std::ops::{Deref, DerefMut};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use kv_service::testing::Service;
 use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_kv-service");
 
 pub struct Running {
-    pub child: Child,
+    service: Service,
     pub dir: tempfile::TempDir,
-    /// stderr, drained continuously so a chatty log never blocks the service on a full pipe.
-    log: Option<std::thread::JoinHandle<String>>,
 }
 
 impl Running {
@@ -24,79 +23,34 @@ impl Running {
 
     /// Starts kv-service on the database in `dir` (kept), with extra environment.
     pub fn start_in(nats_url: &str, dir: tempfile::TempDir, env: &[(&str, &str)]) -> Running {
-        let mut child = Command::new(BIN)
-            .env("NATS_URL", nats_url)
-            .env("DATABASE_URL", database_url(dir.path()))
-            .env("RUST_LOG", "info")
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("kv-service runs");
-        let mut stderr = child.stderr.take().expect("piped stderr");
-        let log = std::thread::spawn(move || {
-            let mut log = String::new();
-            let _ = stderr.read_to_string(&mut log);
-            log
-        });
+        let database = database_url(dir.path());
+        let mut all = vec![("NATS_URL", nats_url), ("DATABASE_URL", database.as_str())];
+        all.extend_from_slice(env);
         Running {
-            child,
+            service: Service::spawn(BIN, &[], &all),
             dir,
-            log: Some(log),
         }
-    }
-
-    pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
     }
 
     /// SIGKILL, and the database folder back for a restart.
     pub fn kill9(mut self) -> tempfile::TempDir {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.service.kill9();
         let dir = tempfile::tempdir().unwrap();
         std::mem::replace(&mut self.dir, dir)
     }
+}
 
-    /// Peak resident memory so far, in KiB.
-    pub fn peak_rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find(|line| line.starts_with("VmHWM:"))
-            .and_then(|line| line.split_whitespace().nth(1))
-            .and_then(|kib| kib.parse().ok())
-            .expect("VmHWM in /proc/<pid>/status")
-    }
+impl Deref for Running {
+    type Target = Service;
 
-    pub fn wait(&mut self, limit: Duration) -> (ExitStatus, String) {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                let log = self
-                    .log
-                    .take()
-                    .map(|log| log.join().unwrap())
-                    .unwrap_or_default();
-                return (status, log);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "kv-service still running after {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    fn deref(&self) -> &Service {
+        &self.service
     }
 }
 
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Service {
+        &mut self.service
     }
 }
 

@@ -1,0 +1,113 @@
+//! What the system tests share: kv-service instances as real processes on a shared store, and
+//! a client that tells a reply from a timeout.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use kv_service::testing::Service;
+use serde_json::{Value, json};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_kv-service");
+
+/// Starts one kv-service instance on `nats_url` and `database_url`, with extra environment.
+pub fn instance(nats_url: &str, database_url: &str, env: &[(&str, &str)]) -> Service {
+    let mut all = vec![("NATS_URL", nats_url), ("DATABASE_URL", database_url)];
+    all.extend_from_slice(env);
+    Service::spawn(BIN, &[], &all)
+}
+
+/// Waits until `count` kv-service instances answer discovery on `client`'s server.
+pub async fn wait_for_instances(client: &async_nats::Client, count: usize) {
+    for _ in 0..300 {
+        let found = nats_rpc::discover(client, "kv-service", Duration::from_millis(200))
+            .await
+            .map(|found| found.len())
+            .unwrap_or(0);
+        if found >= count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{count} kv-service instances did not come up");
+}
+
+/// What became of one request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Reply(Value),
+    TimedOut,
+    Failed(String),
+}
+
+impl Outcome {
+    pub fn is_ok(&self) -> bool {
+        matches!(self, Outcome::Reply(body) if body["success"] == true)
+    }
+
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Outcome::Reply(body) => body["error"]["code"].as_str(),
+            _ => None,
+        }
+    }
+
+    pub fn body(&self) -> &Value {
+        match self {
+            Outcome::Reply(body) => body,
+            other => panic!("no reply: {other:?}"),
+        }
+    }
+}
+
+/// Sends `body` to `rosey.db.kv.<op>` and waits at most `limit` for the reply.
+pub async fn request(
+    client: &async_nats::Client,
+    op: &str,
+    body: Value,
+    limit: Duration,
+) -> Outcome {
+    let sent = client.request(format!("rosey.db.kv.{op}"), body.to_string().into());
+    match tokio::time::timeout(limit, sent).await {
+        Err(_) => Outcome::TimedOut,
+        Ok(Err(err)) if err.kind() == async_nats::client::RequestErrorKind::TimedOut => {
+            Outcome::TimedOut
+        }
+        Ok(Err(err)) => Outcome::Failed(err.to_string()),
+        Ok(Ok(reply)) => {
+            Outcome::Reply(serde_json::from_slice(&reply.payload).expect("JSON reply"))
+        }
+    }
+}
+
+/// Like [`request`] with 5 s, expecting a reply.
+pub async fn call(client: &async_nats::Client, op: &str, body: Value) -> Value {
+    request(client, op, body, Duration::from_secs(5))
+        .await
+        .body()
+        .clone()
+}
+
+pub fn ok() -> Value {
+    json!({"success": true, "data": {}})
+}
+
+pub fn found(value: Value) -> Value {
+    json!({"success": true, "data": {"exists": true, "value": value}})
+}
+
+pub fn absent() -> Value {
+    json!({"success": true, "data": {"exists": false}})
+}
+
+pub fn internal_error() -> Value {
+    json!({"success": false, "error": {"code": "INTERNAL_ERROR", "message": "Internal error"}})
+}
+
+/// A NATS client with a request timeout of `limit` (so `request` reports its own timeouts).
+pub async fn client(url: &str) -> async_nats::Client {
+    async_nats::ConnectOptions::new()
+        .request_timeout(Some(Duration::from_secs(30)))
+        .connect(url)
+        .await
+        .expect("test client connects")
+}

@@ -59,27 +59,28 @@ impl Mine {
             .endpoints
             .iter()
             .find(|endpoint| self.subjects.contains(&endpoint.subject))?;
-        let theirs = match (
-            other.metadata.get(STORE_BACKEND).map(String::as_str),
-            other.metadata.get(STORE_ID),
-        ) {
+        let their_backend = other.metadata.get(STORE_BACKEND).map(String::as_str);
+        let theirs = match (their_backend, other.metadata.get(STORE_ID)) {
             (Some("postgres"), Some(id)) => {
                 if self.backend == Backend::Postgres && *id == self.store_id {
                     return None;
                 }
                 format!("PostgreSQL store {id}")
             }
-            (Some(backend), Some(id)) => format!("{backend} store {id} (a file of its own)"),
+            (Some("sqlite"), Some(id)) => format!("SQLite store {id} (a file of its own)"),
+            (Some(backend), Some(id)) => format!("{backend} store {id}"),
             _ => "a store it does not name (a kv-service from before store identities)".into(),
         };
         let ours = match self.backend {
             Backend::Postgres => format!("PostgreSQL store {}", self.store_id),
             Backend::Sqlite => format!("SQLite store {} (a file of its own)", self.store_id),
         };
-        let fix = if self.backend == Backend::Sqlite || !theirs.starts_with("PostgreSQL") {
+        let fix = if self.backend == Backend::Sqlite || their_backend == Some("sqlite") {
             "A SQLite file serves one instance: to run several, start every instance with the \
              same DATABASE_URL=postgres://… (`kv-service copy` moves the data); otherwise stop \
              the other instance, or serve this one on another NATS server or account"
+        } else if their_backend.is_none() {
+            "Stop that instance or upgrade it, so that it names its store"
         } else {
             "Start this instance with the DATABASE_URL the running instances use, or stop them \
              first, or serve this one on another NATS server or account"
@@ -232,7 +233,11 @@ mod tests {
         let reason = mine(Backend::Postgres, "A")
             .conflict(&instance(&[], "rosey.db.kv.get"))
             .unwrap();
-        assert!(reason.contains("a store it does not name"), "{reason}");
+        assert!(
+            reason.contains("a store it does not name")
+                && reason.contains("Stop that instance or upgrade it"),
+            "{reason}"
+        );
     }
 
     #[test]

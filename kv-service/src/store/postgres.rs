@@ -47,6 +47,9 @@ const READ_QUEUE: usize = 4096;
 /// How often a segment is tried again after a deadlock or serialization failure (the failed
 /// statement committed nothing).
 const CONFLICT_RETRIES: usize = 3;
+/// A connection unused for this long is pinged before its next statement: the server may have
+/// restarted meanwhile, and a statement on a dead connection fails where a fresh one would not.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
 /// First and longest wait before connecting again after a failed attempt.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(1));
 
@@ -262,6 +265,8 @@ impl Connector {
 struct Link {
     connector: Connector,
     conn: Option<PgConnection>,
+    /// When the connection last answered.
+    used: Instant,
     retry_at: Instant,
     backoff: Duration,
     /// Why the last attempt to connect failed, told to callers until the next attempt.
@@ -273,6 +278,7 @@ impl Link {
         Link {
             connector,
             conn: Some(conn),
+            used: Instant::now(),
             retry_at: Instant::now(),
             backoff: BACKOFF.0,
             down: None,
@@ -286,6 +292,17 @@ impl Link {
     }
 
     async fn conn(&mut self) -> Result<&mut PgConnection, StoreError> {
+        if self.used.elapsed() > IDLE_CHECK
+            && let Some(conn) = self.conn.as_mut()
+        {
+            let alive = tokio::time::timeout(self.connector.timeout, conn.ping()).await;
+            if matches!(alive, Ok(Ok(()))) {
+                self.used = Instant::now();
+            } else {
+                tracing::info!("an idle database connection had gone; connecting again");
+                self.conn = None;
+            }
+        }
         if self.conn.is_none() {
             if let Some(down) = &self.down
                 && Instant::now() < self.retry_at
@@ -299,6 +316,7 @@ impl Link {
                     }
                     self.backoff = BACKOFF.0;
                     self.conn = Some(conn);
+                    self.used = Instant::now();
                 }
                 Err(err) => {
                     if self.down.is_none() {
@@ -322,7 +340,10 @@ impl Link {
         outcome: Result<Result<T, sqlx::Error>, Elapsed>,
     ) -> Result<T, StoreError> {
         match outcome {
-            Ok(Ok(value)) => Ok(value),
+            Ok(Ok(value)) => {
+                self.used = Instant::now();
+                Ok(value)
+            }
             Ok(Err(err)) => {
                 if connection_lost(&err) {
                     tracing::warn!(%err, "lost the database connection");

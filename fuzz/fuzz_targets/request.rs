@@ -11,7 +11,7 @@
 //!
 //! Oracle (a failed assert is a crash libFuzzer reports):
 //! - the reply payload is JSON without duplicate members, and exactly one envelope of the
-//!   contract (`../shared/CONTRACT.md`): `{"success":true,"data":..}` matching the endpoint's
+//!   contract (docs/NATS_SUBJECTS.md): `{"success":true,"data":..}` matching the endpoint's
 //!   published success schema, or `{"success":false,"error":{"code":..,"message":..}}` with a
 //!   code from the endpoint's catalogue and a message of the documented form;
 //! - never `INTERNAL_ERROR`: the store is healthy, so one means a panic or a storage failure

@@ -309,16 +309,18 @@ async fn postgres_keeps_any_key_and_every_value_byte() {
 async fn postgres_prefix_listing_is_an_index_range_not_a_scan() {
     let kv = Fixture::open(Kind::Postgres).await;
     let server = kv.postgres.as_ref().unwrap();
-    // Enough rows, and fresh statistics, that the planner's choice is the real one.
+    // Enough rows, and fresh statistics, that the planner's choice is the real one. The plan
+    // is the generic one every listing runs with, whatever the prefix.
     server.psql(
         "postgres",
         "INSERT INTO kv SELECT 'p', convert_to('k' || i, 'UTF8'), '1', NULL, 0, 0 \
          FROM generate_series(1, 20000) AS i; ANALYZE kv",
     );
     let plan = kv.store.list_query_plan().await.unwrap().join("\n");
+    println!("{plan}");
     assert!(
         plan.contains("Index Scan using kv_pkey on kv")
-            && plan.contains("Index Cond: ((plugin_name = 'p'::text) AND (key >= '\\x61'::bytea) AND (key < '\\x62'::bytea))"),
+            && plan.contains("Index Cond: ((plugin_name = $1) AND (key >= $2) AND (key < $3))"),
         "the prefix listing must be a range on the primary key:\n{plan}"
     );
     assert!(

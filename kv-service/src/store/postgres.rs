@@ -76,6 +76,10 @@ impl Postgres {
                     "idle_in_transaction_session_timeout",
                     timeout.as_millis().to_string(),
                 ),
+                // Every statement is prepared once per connection and run thousands of times:
+                // plan it once, instead of again on each run (PostgreSQL keeps re-planning
+                // statements whose parameters are arrays).
+                ("plan_cache_mode", "force_generic_plan".to_owned()),
             ]);
         let mut connector = Connector {
             options: base,
@@ -226,14 +230,16 @@ impl Postgres {
         }
     }
 
-    /// The plan PostgreSQL makes for a prefix listing on the current table.
+    /// The plan a prefix listing runs with: the generic plan of the prepared statement, made
+    /// once per connection (`plan_cache_mode`), whatever the prefix.
     pub(crate) async fn list_query_plan(&self) -> Result<Vec<String>, StoreError> {
+        use sqlx::Executor;
         let mut conn = self.connector.connect().await?;
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN {LIST_RANGE}")))
-            .bind("p")
-            .bind(b"a".as_slice())
-            .bind(b"b".as_slice())
-            .bind(10_i64)
+        conn.execute(sqlx::AssertSqlSafe(format!(
+            "PREPARE kv_list_plan (text, bytea, bytea, bigint) AS {LIST_RANGE}"
+        )))
+        .await?;
+        let rows = sqlx::query("EXPLAIN EXECUTE kv_list_plan ('p', '\\x61', '\\x62', 10)")
             .fetch_all(&mut conn)
             .await?;
         let _ = conn.close().await;

@@ -428,3 +428,38 @@ async fn no_free_connection_slot_at_start_is_a_clear_error() {
         ok()
     );
 }
+
+/// A server configured with `synchronous_commit=off` could lose acknowledged writes in a
+/// crash: kv-service says so and turns it on for its own sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synchronous_commit_off_on_the_server_is_turned_on_for_kv_service() {
+    let postgres = Postgres::start_with(&[("synchronous_commit", "off")]);
+    let nats = NatsServer::start();
+    let service = instance(&nats.url(), &postgres.url(), &[]);
+    let kv = client(&nats.url()).await;
+    wait_for_instances(&kv, 1).await;
+    assert!(
+        service
+            .log()
+            .contains("the database has synchronous_commit=off; kv-service turns it on"),
+        "{}",
+        service.log()
+    );
+    assert_eq!(
+        call(
+            &kv,
+            "set",
+            json!({"plugin_name": "p", "key": "k", "value": 1})
+        )
+        .await,
+        ok()
+    );
+    // The server's own default stays as its operator set it (the setting goes in the startup
+    // packet of kv-service's sessions only), and an idle instance holds 1 + readers of them.
+    assert_eq!(postgres.psql("postgres", "SHOW synchronous_commit"), "off");
+    let sessions = postgres.psql(
+        "postgres",
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'kv-service'",
+    );
+    assert_eq!(sessions, "3", "the writer and two readers");
+}

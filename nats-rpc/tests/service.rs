@@ -724,3 +724,54 @@ async fn invalid_configurations_are_refused_with_reasons() {
         "invalid service configuration: a service needs at least one endpoint"
     );
 }
+
+/// `discover` finds every instance of one service (and only that service), with its metadata
+/// and endpoints, as `$SRV.INFO` describes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discover_lists_every_instance_of_a_service_with_its_metadata() {
+    let kv = Fixture::start_with(|builder| builder.metadata("store", "a")).await;
+    let second = builder()
+        .metadata("store", "b")
+        .queue_group("other")
+        .serve(kv.nats.clone(), kv.state.clone())
+        .await
+        .unwrap();
+    let stranger = Service::builder("stranger", "0.0.1")
+        .endpoint::<echo>()
+        .queue_group("s")
+        .serve(kv.nats.clone(), kv.state.clone())
+        .await
+        .unwrap();
+    let mut found = nats_rpc::discover(&kv.nats, "tester", Duration::from_millis(500))
+        .await
+        .unwrap();
+    found.sort_by(|a, b| a.metadata["store"].cmp(&b.metadata["store"]));
+    assert_eq!(found.len(), 2, "{found:?}");
+    let first = kv.service.as_ref().unwrap();
+    assert_eq!(found[0].id, first.id());
+    assert_eq!(found[1].id, second.id());
+    assert_eq!(
+        (found[0].name.as_str(), found[0].version.as_str()),
+        ("tester", "1.2.3")
+    );
+    let echo_endpoint = |instance: &nats_rpc::Instance| {
+        instance
+            .endpoints
+            .iter()
+            .find(|endpoint| endpoint.subject == "test.echo")
+            .map(|endpoint| (endpoint.name.clone(), endpoint.queue_group.clone()))
+    };
+    assert_eq!(echo_endpoint(&found[0]), Some(("echo".into(), "q".into())));
+    assert_eq!(
+        echo_endpoint(&found[1]),
+        Some(("echo".into(), "other".into()))
+    );
+    assert!(
+        nats_rpc::discover(&kv.nats, "nobody", Duration::from_millis(200))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let _ = second.shutdown().await;
+    let _ = stranger.shutdown().await;
+}

@@ -98,24 +98,25 @@ impl Postgres {
                  sessions, so that an acknowledged write survives a crash of the server"
             );
             connector.options = connector.options.options([("synchronous_commit", "on")]);
-            setup.close().await?;
-            setup = connector.connect().await?;
         }
-        // Through a one-connection pool: `Migrator::run` on a bare connection makes this future
+        // One connection at a time until the writer's and the readers' are made, so a server
+        // short of slots is refused by `connect` and its clear error. Migrations go through a
+        // one-connection pool: `Migrator::run` on a bare connection makes this future
         // non-`Send` (sqlx's `Acquire` lifetime quirk).
+        setup.close().await?;
         let migrations = PgPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(timeout)
             .connect_with(connector.options.clone())
             .await?;
         let migrated = MIGRATOR.run(&migrations).await;
+        let id: Result<Option<String>, sqlx::Error> =
+            sqlx::query_scalar("SELECT value FROM kv_meta WHERE name = 'store_id'")
+                .fetch_optional(&migrations)
+                .await;
         migrations.close().await;
         migrated?;
-        let id: Option<String> =
-            sqlx::query_scalar("SELECT value FROM kv_meta WHERE name = 'store_id'")
-                .fetch_optional(&mut setup)
-                .await?;
-        let id = id.ok_or(StoreError::NoIdentity)?;
+        let id = id?.ok_or(StoreError::NoIdentity)?;
         let (reads, queue) = mpsc::channel(READ_QUEUE);
         let queue = Arc::new(Mutex::new(queue));
         let mut readers = Vec::new();
@@ -124,7 +125,7 @@ impl Postgres {
             readers.push(tokio::spawn(read_forever(link, queue.clone())));
         }
         let writer = Writer::spawn(Committer {
-            link: Link::connected(connector.clone(), setup),
+            link: Link::connected(connector.clone(), connector.connect().await?),
         });
         let store = Postgres {
             writer,

@@ -15,7 +15,8 @@ use nats_rpc::testing::NatsServer;
 use serde_json::json;
 use sqlx::{ConnectOptions, Connection};
 use support::{
-    Outcome, call, client, found, instance, internal_error, ok, request, wait_for_instances,
+    Outcome, call, client, found, instance, internal_error, ok, request, serving,
+    wait_for_instances,
 };
 
 /// What 16 writers saw: the last acknowledged value per key, and every other outcome counted.
@@ -271,14 +272,7 @@ async fn locker(postgres: &Postgres) -> sqlx::PgConnection {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn locks_held_elsewhere_answer_internal_error_within_the_statement_timeout() {
     let postgres = Postgres::start();
-    let nats = NatsServer::start();
-    let _service = instance(
-        &nats.url(),
-        &postgres.url(),
-        &[("STATEMENT_TIMEOUT_MS", "1000")],
-    );
-    let kv = client(&nats.url()).await;
-    wait_for_instances(&kv, 1).await;
+    let (_nats, _service, kv) = serving(&postgres.url(), &[("STATEMENT_TIMEOUT_MS", "1000")]).await;
     let set = |key: &str, value: u64| json!({"plugin_name": "p", "key": key, "value": value});
     let get = |key: &str| json!({"plugin_name": "p", "key": key});
     assert_eq!(call(&kv, "set", set("locked", 1)).await, ok());
@@ -329,14 +323,7 @@ async fn locks_held_elsewhere_answer_internal_error_within_the_statement_timeout
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_database_is_answered_internal_error_and_recovers_when_it_thaws() {
     let postgres = Postgres::start();
-    let nats = NatsServer::start();
-    let _service = instance(
-        &nats.url(),
-        &postgres.url(),
-        &[("STATEMENT_TIMEOUT_MS", "1000")],
-    );
-    let kv = client(&nats.url()).await;
-    wait_for_instances(&kv, 1).await;
+    let (_nats, _service, kv) = serving(&postgres.url(), &[("STATEMENT_TIMEOUT_MS", "1000")]).await;
     assert_eq!(
         call(
             &kv,
@@ -434,10 +421,7 @@ async fn no_free_connection_slot_at_start_is_a_clear_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn synchronous_commit_off_on_the_server_is_turned_on_for_kv_service() {
     let postgres = Postgres::start_with(&[("synchronous_commit", "off")]);
-    let nats = NatsServer::start();
-    let service = instance(&nats.url(), &postgres.url(), &[]);
-    let kv = client(&nats.url()).await;
-    wait_for_instances(&kv, 1).await;
+    let (_nats, service, kv) = serving(&postgres.url(), &[]).await;
     assert!(
         service
             .log()

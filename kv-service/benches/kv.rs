@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use kv_service::testing::{Postgres, Service};
+use kv_service::testing::{Postgres, Service, wait_for_instances};
 use nats_rpc::testing::NatsServer;
 use nats_rpc::testing::load::{Report, Summary, bare_responder, drive, median};
 
@@ -206,20 +206,6 @@ fn start_service(nats_url: &str, database_url: &str) -> Service {
         }
         _ => Service::spawn(binary, &[], &env),
     }
-}
-
-/// Waits until `count` instances answer discovery (the previous backend's are gone by then).
-async fn wait_for_instances(client: &async_nats::Client, count: usize) {
-    for _ in 0..1200 {
-        let found = nats_rpc::discover(client, "kv-service", Duration::from_millis(200))
-            .await
-            .map_or(0, |found| found.len());
-        if found == count {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{count} kv-service instances did not come up");
 }
 
 /// The working set: 10,000 keys of 128 bytes.

@@ -384,6 +384,24 @@ fn send(signal: &str, pid: u32) {
         .status();
 }
 
+/// Waits until exactly `count` kv-service instances answer discovery on `client`'s server
+/// (instances stopped before are gone by then).
+///
+/// # Panics
+/// When they do not within a minute.
+pub async fn wait_for_instances(client: &async_nats::Client, count: usize) {
+    for _ in 0..300 {
+        let found = nats_rpc::discover(client, crate::peers::SERVICE, Duration::from_millis(200))
+            .await
+            .map_or(0, |found| found.len());
+        if found == count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{count} kv-service instances did not come up");
+}
+
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind(("127.0.0.1", 0))

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use kv_service::testing::Service;
+pub use kv_service::testing::wait_for_instances;
 use serde_json::{Value, json};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_kv-service");
@@ -16,19 +17,17 @@ pub fn instance(nats_url: &str, database_url: &str, env: &[(&str, &str)]) -> Ser
     Service::spawn(BIN, &[], &all)
 }
 
-/// Waits until `count` kv-service instances answer discovery on `client`'s server.
-pub async fn wait_for_instances(client: &async_nats::Client, count: usize) {
-    for _ in 0..300 {
-        let found = nats_rpc::discover(client, "kv-service", Duration::from_millis(200))
-            .await
-            .map(|found| found.len())
-            .unwrap_or(0);
-        if found >= count {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{count} kv-service instances did not come up");
+/// A NATS server of its own and one instance on `database_url` serving it, ready, with a
+/// client.
+pub async fn serving(
+    database_url: &str,
+    env: &[(&str, &str)],
+) -> (nats_rpc::testing::NatsServer, Service, async_nats::Client) {
+    let nats = nats_rpc::testing::NatsServer::start();
+    let service = instance(&nats.url(), database_url, env);
+    let kv = client(&nats.url()).await;
+    wait_for_instances(&kv, 1).await;
+    (nats, service, kv)
 }
 
 /// What became of one request.

@@ -25,9 +25,12 @@ pub enum Command {
         #[arg(default_value = "schemas")]
         dir: PathBuf,
     },
-    /// Copy every live key, with its value, expiry and timestamps, from one store to another
-    /// (SQLite to PostgreSQL or back). Idempotent: running it again rewrites the same rows.
-    /// Stop the service on the source first, so nothing is written there meanwhile.
+    /// Copy every live key from one store to another (SQLite to PostgreSQL, or back).
+    ///
+    /// Each key keeps its value, expiry and timestamps. Idempotent: running it again rewrites
+    /// the same rows, so an interrupted copy can simply be run again. Stop the service on the
+    /// source first, so nothing is written there meanwhile (a SQLite file still being served is
+    /// refused).
     Copy {
         /// The store to read, e.g. `sqlite://kv.db`.
         #[arg(long)]
@@ -42,11 +45,21 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct ServeConfig {
     /// NATS server URL (credentials in it are never logged).
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long,
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        hide_env_values = true
+    )]
     pub nats_url: String,
     /// The store: `sqlite://path` (a file, created if missing; one instance) or
     /// `postgres://user:password@host/database` (several instances may share it).
-    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://kv.db")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://kv.db",
+        hide_env_values = true
+    )]
     pub database_url: String,
     /// Seconds between purges of expired keys.
     #[arg(long = "purge-interval", env = "PURGE_INTERVAL_SECS", default_value = "300", value_parser = parse_seconds)]

@@ -197,3 +197,20 @@ async fn stored_values_never_reach_the_log_even_at_trace_level() {
         "a stored value reached the log: {leaks:#?}"
     );
 }
+
+#[test]
+fn help_never_shows_credentials_from_the_environment() {
+    let output = Command::new(BIN)
+        .arg("--help")
+        .env("DATABASE_URL", "postgres://kv:db-s3cr3t@db/kv")
+        .env("NATS_URL", "nats://alice:nats-s3cr3t@127.0.0.1:4222")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        help.contains("--database-url") && help.contains("[env: DATABASE_URL]"),
+        "{help}"
+    );
+    assert!(!help.contains("s3cr3t"), "{help}");
+}

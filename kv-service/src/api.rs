@@ -35,6 +35,7 @@ pub const DEFAULT_LIMIT: u32 = 1000;
 /// `VALUE_TOO_LARGE`: the one domain error code.
 pub const VALUE_TOO_LARGE: ErrorCode = ErrorCode::new(
     "VALUE_TOO_LARGE",
+    413,
     "set: the value's compact JSON encoding is over 65536 bytes; the message gives its size",
 );
 

@@ -5,7 +5,8 @@
 //!
 //! Every test starts its own nats-server and its own service on a fresh database, and asserts
 //! whole reply envelopes (`common::success` / `common::failure`); error replies are also checked
-//! for the `Nats-Service-Error` / `Nats-Service-Error-Code` headers.
+//! for the `Nats-Service-Error` (message), `Nats-Service-Error-Code` (status) and
+//! `Rpc-Error-Code` (code) headers.
 
 mod common;
 
@@ -13,7 +14,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use common::{Backend, Harness, failure, success};
+use common::{Backend, Harness, failure, status_of, success};
 use futures_util::StreamExt;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
@@ -102,7 +103,12 @@ async fn expect_failure(
     assert_eq!(
         reply.error_code_header.as_deref(),
         Some(code),
-        "Nats-Service-Error-Code header for {op} {shown}"
+        "Rpc-Error-Code header for {op} {shown}"
+    );
+    assert_eq!(
+        reply.status_header.as_deref(),
+        Some(status_of(code)),
+        "Nats-Service-Error-Code header (the status) for {op} {shown}"
     );
 }
 
@@ -987,6 +993,7 @@ async fn malformed_json_is_invalid_json(backend: Backend) {
             assert_eq!(reply.body, failure("INVALID_JSON", message));
             assert_eq!(reply.error_header.as_deref(), Some(message));
             assert_eq!(reply.error_code_header.as_deref(), Some("INVALID_JSON"));
+            assert_eq!(reply.status_header.as_deref(), Some("400"));
         }
     }
     // One pinned in full.
@@ -1233,6 +1240,7 @@ async fn invalid_json_and_non_object_come_first(backend: Backend) {
         assert!(message.starts_with("Invalid JSON: "), "{op}: {message}");
         assert_eq!(reply.body, failure("INVALID_JSON", &message), "{op}");
         assert_eq!(reply.error_code_header.as_deref(), Some("INVALID_JSON"));
+        assert_eq!(reply.status_header.as_deref(), Some("400"));
     }
     // Invalid UTF-8 inside an otherwise rule-breaking object is still INVALID_JSON.
     let mut body = br#"{"plugin_name":"BAD","key":""#.to_vec();
@@ -1359,6 +1367,7 @@ async fn integral_floats_for_ttl_and_limit_are_rejected_naming_the_field(backend
         );
         assert_eq!(reply.error_header.as_deref(), Some(message));
         assert_eq!(reply.error_code_header.as_deref(), Some("VALIDATION_ERROR"));
+        assert_eq!(reply.status_header.as_deref(), Some("400"));
     }
     assert_eq!(get(&kv, "p", "k").await, absent());
 }
@@ -1661,6 +1670,11 @@ async fn error_replies_carry_the_service_error_headers(backend: Backend) {
         assert_eq!(reply.error_header.as_deref(), Some(message), "{code}");
         assert_eq!(reply.error_code_header.as_deref(), Some(code), "{code}");
         assert_eq!(
+            reply.status_header.as_deref(),
+            Some(status_of(code)),
+            "{code}"
+        );
+        assert_eq!(
             reply.error_header.as_deref(),
             reply.body["error"]["message"].as_str()
         );
@@ -1705,8 +1719,9 @@ async fn success_replies_carry_no_error_headers(backend: Backend) {
         let reply = kv.raw(&subject(op), body.to_string()).await;
         assert_eq!(reply.body, expected, "{op} {body}");
         assert_eq!(reply.error_header, None, "{op}: no Nats-Service-Error");
+        assert_eq!(reply.error_code_header, None, "{op}: no Rpc-Error-Code");
         assert_eq!(
-            reply.error_code_header, None,
+            reply.status_header, None,
             "{op}: no Nats-Service-Error-Code"
         );
     }

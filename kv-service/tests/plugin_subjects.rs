@@ -92,6 +92,7 @@ async fn a_payload_plugin_name_must_match_the_subject() {
             "{op}"
         );
         assert_eq!(reply.error_code_header.as_deref(), Some("VALIDATION_ERROR"));
+        assert_eq!(reply.status_header.as_deref(), Some("400"));
     }
     // The key is untouched by the refused requests.
     assert_eq!(

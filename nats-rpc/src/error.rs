@@ -10,14 +10,21 @@ use std::fmt;
 pub struct ErrorCode {
     /// The `error.code` string, e.g. `VALUE_TOO_LARGE`.
     pub code: &'static str,
+    /// The HTTP-like status sent as the `Nats-Service-Error-Code` header (ADR-32 wants a
+    /// number there): 400 for a bad request, 413 too large, 500 internal, 503 overloaded, …
+    pub status: u16,
     /// When a client gets it.
     pub description: &'static str,
 }
 
 impl ErrorCode {
-    /// Declares a code with its description.
-    pub const fn new(code: &'static str, description: &'static str) -> Self {
-        ErrorCode { code, description }
+    /// Declares a code with its status and description.
+    pub const fn new(code: &'static str, status: u16, description: &'static str) -> Self {
+        ErrorCode {
+            code,
+            status,
+            description,
+        }
     }
 }
 
@@ -34,28 +41,33 @@ pub mod codes {
     /// The body is not UTF-8 JSON (an empty body included).
     pub const INVALID_JSON: ErrorCode = ErrorCode::new(
         "INVALID_JSON",
+        400,
         "the body is not UTF-8 JSON (an empty body included); the message carries the parser detail",
     );
     /// A required field is absent, `null` or the empty string (where the schema rejects those).
     pub const MISSING_FIELD: ErrorCode = ErrorCode::new(
         "MISSING_FIELD",
+        400,
         "a required field is absent, null or an empty string; the message names the field",
     );
     /// The body is not a JSON object, or a field breaks a rule of the request schema.
     pub const VALIDATION_ERROR: ErrorCode = ErrorCode::new(
         "VALIDATION_ERROR",
+        400,
         "the body is not a JSON object, or a field has the wrong type, is out of range or does \
          not match its pattern; the message names the field and the rule",
     );
     /// Storage failure, handler panic, anything unexpected; details are logged, never sent.
     pub const INTERNAL_ERROR: ErrorCode = ErrorCode::new(
         "INTERNAL_ERROR",
+        500,
         "the service failed (storage failure, bug); the message is generic and the details \
          are in the service log",
     );
     /// Too many requests in flight; nothing was done, retry later.
     pub const OVERLOADED: ErrorCode = ErrorCode::new(
         "OVERLOADED",
+        503,
         "the service has too many requests in flight; nothing was done, retry after a short pause",
     );
 
@@ -90,6 +102,22 @@ pub trait RpcError: fmt::Display + Send + 'static {
 
     /// The `error.message` member: safe to show to any client.
     fn message(&self) -> Cow<'_, str>;
+
+    /// The status of [`RpcError::code`] (the `Nats-Service-Error-Code` header): by default
+    /// looked up in [`RpcError::CATALOGUE`] and the framework's codes, 500 for a code in
+    /// neither.
+    fn status(&self) -> u16 {
+        status_of(self.code(), Self::CATALOGUE)
+    }
+}
+
+/// The status of `code` in `catalogue` or among the framework's codes; 500 if in neither.
+pub fn status_of(code: &str, catalogue: &[ErrorCode]) -> u16 {
+    catalogue
+        .iter()
+        .chain(codes::ALL)
+        .find(|known| known.code == code)
+        .map_or(codes::INTERNAL_ERROR.status, |known| known.status)
 }
 
 /// A ready-made error type for handlers that need nothing more than a code and a message.
@@ -127,6 +155,10 @@ impl RpcError for Error {
 
     fn code(&self) -> &str {
         self.code.code
+    }
+
+    fn status(&self) -> u16 {
+        self.code.status
     }
 
     fn message(&self) -> Cow<'_, str> {

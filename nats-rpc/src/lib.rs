@@ -55,7 +55,8 @@
 //!
 //! Replies are one envelope, `{"success":true,"data":…}` or
 //! `{"success":false,"error":{"code":…,"message":…}}`; error replies also carry the NATS micro
-//! headers `Nats-Service-Error` (message) and `Nats-Service-Error-Code` (code). Requests run
+//! headers `Nats-Service-Error` (message) and `Nats-Service-Error-Code` (the code's status, a
+//! number: 400, 413, 500, 503, …, see [`ErrorCode::status`]), and `Rpc-Error-Code` (the code). Requests run
 //! concurrently up to [`ServiceBuilder::max_in_flight`]; past it the reply is `OVERLOADED`
 //! straight away. Every service answers `$SRV.PING|INFO|STATS` (NATS micro, ADR-32) and joins
 //! queue group `q` so instances share the load. [`Service::shutdown`] drains. The schemas a
@@ -75,10 +76,10 @@ pub mod testing;
 pub use client::{CallError, Client, DEFAULT_TIMEOUT};
 pub use endpoint::{Endpoint, RequestType, ResponseType, Subject};
 pub use envelope::RemoteError;
-pub use error::{Error, ErrorCode, INTERNAL_MESSAGE, RpcError, codes};
+pub use error::{Error, ErrorCode, INTERNAL_MESSAGE, RpcError, codes, status_of};
 pub use micro::{
-    ERROR_CODE_HEADER, ERROR_HEADER, EndpointInfo, Instance, InstanceEndpoint, ServiceInfo,
-    discover,
+    ERROR_CODE_HEADER, ERROR_HEADER, EndpointInfo, Instance, InstanceEndpoint, RPC_CODE_HEADER,
+    ServiceInfo, discover,
 };
 pub use schema::{
     DIALECT, EndpointSchemas, Rejection, RequestValidator, SchemaError, catalogue, schema_of,

@@ -17,8 +17,10 @@ use crate::stats::EndpointStats;
 
 /// Header carrying an error reply's message (ADR-32).
 pub const ERROR_HEADER: &str = "Nats-Service-Error";
-/// Header carrying an error reply's code (ADR-32); here the envelope's code string.
+/// Header carrying an error reply's status as a number (ADR-32), e.g. `400`.
 pub const ERROR_CODE_HEADER: &str = "Nats-Service-Error-Code";
+/// Header carrying an error reply's code string, e.g. `MISSING_FIELD` (also in the body).
+pub const RPC_CODE_HEADER: &str = "Rpc-Error-Code";
 
 const VERBS: [&str; 3] = ["PING", "INFO", "STATS"];
 

@@ -439,7 +439,7 @@ fn error_schema(catalogue: &[ErrorCode]) -> Value {
     let codes: Vec<&str> = catalogue.iter().map(|code| code.code).collect();
     let descriptions: Vec<String> = catalogue
         .iter()
-        .map(|code| format!("{}: {}", code.code, code.description))
+        .map(|code| format!("{} ({}): {}", code.code, code.status, code.description))
         .collect();
     json!({
         "type": "object",

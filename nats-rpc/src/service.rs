@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 
 use crate::endpoint::Endpoint;
 use crate::envelope;
-use crate::error::{INTERNAL_MESSAGE, RpcError, codes};
+use crate::error::{ErrorCode, INTERNAL_MESSAGE, RpcError, codes};
 use crate::micro::{self, EndpointInfo, ServiceInfo};
 use crate::schema::{RequestValidator, SchemaError, catalogue};
 use crate::stats::{EndpointStats, StatsSnapshot};
@@ -377,6 +377,14 @@ impl<S: Send + Sync + 'static> ServiceBuilder<S> {
             ));
         }
         for (index, endpoint) in self.endpoints.iter().enumerate() {
+            // `#[nats_rpc]` checks this at compile time; a hand-written `Endpoint` may not.
+            if !micro::is_valid_name(&endpoint.info.name) {
+                return Err(ServeError::Config(format!(
+                    "endpoint name `{}` must be non-empty and use only `A-Z a-z 0-9 _ -` \
+                     (NATS micro tools drop services whose endpoint names break this)",
+                    endpoint.info.name
+                )));
+            }
             let clash = self.endpoints[..index]
                 .iter()
                 .find(|other| other.info.subject == endpoint.info.subject);
@@ -437,7 +445,7 @@ impl<E: Endpoint> Responder<E> {
     async fn process(&self, subject: &str, payload: &[u8]) -> Reply {
         let request = match self.validator.decode::<E::Request>(payload) {
             Ok(request) => request,
-            Err(rejection) => return Reply::failure(rejection.code.code, rejection.message),
+            Err(rejection) => return Reply::failure(&rejection.code, rejection.message),
         };
         let subject = crate::endpoint::Subject::new(subject, E::SUBJECT);
         match E::call(&self.state, request, subject).await {
@@ -455,7 +463,11 @@ impl<E: Endpoint> Responder<E> {
                 } else {
                     tracing::debug!(endpoint = E::NAME, error = %err, "handler refused");
                 }
-                Reply::failure(code, err.message())
+                Reply::Failure {
+                    code: code.to_owned(),
+                    status: err.status(),
+                    message: err.message().into_owned(),
+                }
             }
         }
     }
@@ -470,28 +482,31 @@ pub enum Reply {
     Failure {
         /// e.g. `MISSING_FIELD`.
         code: String,
+        /// The code's status, e.g. 400: the `Nats-Service-Error-Code` header.
+        status: u16,
         /// The client-facing message.
         message: String,
     },
 }
 
 impl Reply {
-    fn failure(code: &str, message: impl Into<String>) -> Self {
+    fn failure(code: &ErrorCode, message: impl Into<String>) -> Self {
         Reply::Failure {
-            code: code.to_owned(),
+            code: code.code.to_owned(),
+            status: code.status,
             message: message.into(),
         }
     }
 
     fn internal() -> Self {
-        Reply::failure(codes::INTERNAL_ERROR.code, INTERNAL_MESSAGE)
+        Reply::failure(&codes::INTERNAL_ERROR, INTERNAL_MESSAGE)
     }
 
     /// The envelope sent as the reply's payload.
     pub fn payload(&self) -> Bytes {
         match self {
             Reply::Success(bytes) => bytes.clone(),
-            Reply::Failure { code, message } => envelope::failure(code, message),
+            Reply::Failure { code, message, .. } => envelope::failure(code, message),
         }
     }
 
@@ -499,7 +514,11 @@ impl Reply {
     pub fn headers(&self) -> Option<HeaderMap> {
         match self {
             Reply::Success(_) => None,
-            Reply::Failure { code, message } => Some(error_headers(code, message)),
+            Reply::Failure {
+                code,
+                status,
+                message,
+            } => Some(error_headers(code, *status, message)),
         }
     }
 
@@ -507,7 +526,7 @@ impl Reply {
     pub fn error(&self) -> Option<(&str, &str)> {
         match self {
             Reply::Success(_) => None,
-            Reply::Failure { code, message } => Some((code, message)),
+            Reply::Failure { code, message, .. } => Some((code, message)),
         }
     }
 }
@@ -578,7 +597,7 @@ impl<E: Endpoint> Running<E> {
 
     async fn overloaded(&self, message: Message) {
         let reply = Reply::failure(
-            codes::OVERLOADED.code,
+            &codes::OVERLOADED,
             format!(
                 "Service overloaded: {} requests already in flight, retry later",
                 self.max_in_flight
@@ -607,8 +626,9 @@ impl<E: Endpoint> Running<E> {
     }
 }
 
-/// The NATS micro error headers (ADR-32). Header values cannot hold line breaks.
-fn error_headers(code: &str, message: &str) -> HeaderMap {
+/// The NATS micro error headers (ADR-32: the message, and the status as a number) and the
+/// string code under [`micro::RPC_CODE_HEADER`]. Header values cannot hold line breaks.
+fn error_headers(code: &str, status: u16, message: &str) -> HeaderMap {
     let clean = |text: &str| -> String {
         text.chars()
             .map(|c| if c.is_control() { ' ' } else { c })
@@ -616,6 +636,7 @@ fn error_headers(code: &str, message: &str) -> HeaderMap {
     };
     let mut headers = HeaderMap::new();
     headers.insert(micro::ERROR_HEADER, clean(message).as_str());
-    headers.insert(micro::ERROR_CODE_HEADER, clean(code).as_str());
+    headers.insert(micro::ERROR_CODE_HEADER, status.to_string().as_str());
+    headers.insert(micro::RPC_CODE_HEADER, clean(code).as_str());
     headers
 }

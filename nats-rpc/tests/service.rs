@@ -48,7 +48,7 @@ enum TeaError {
     Kettle,
 }
 
-const TEAPOT: ErrorCode = ErrorCode::new("TEAPOT", "the server is a teapot");
+const TEAPOT: ErrorCode = ErrorCode::new("TEAPOT", 418, "the server is a teapot");
 
 impl RpcError for TeaError {
     const CATALOGUE: &'static [ErrorCode] = &[TEAPOT, codes::INTERNAL_ERROR];
@@ -350,8 +350,14 @@ async fn domain_errors_use_the_trait_code_message_and_headers() {
         headers.get("Nats-Service-Error").map(|v| v.as_str()),
         Some("I am a teapot, not a cup")
     );
+    // ADR-32: the code header is a number, the code's declared status; the string code goes
+    // in the body and in a header of its own.
     assert_eq!(
         headers.get("Nats-Service-Error-Code").map(|v| v.as_str()),
+        Some("418")
+    );
+    assert_eq!(
+        headers.get("Rpc-Error-Code").map(|v| v.as_str()),
         Some("TEAPOT")
     );
 }
@@ -599,6 +605,10 @@ async fn responder_answers_bytes_without_nats() {
     let headers = reply.headers().unwrap();
     assert_eq!(
         headers.get(nats_rpc::ERROR_CODE_HEADER).unwrap().as_str(),
+        "400"
+    );
+    assert_eq!(
+        headers.get(nats_rpc::RPC_CODE_HEADER).unwrap().as_str(),
         "INVALID_JSON"
     );
     let envelope: Value = serde_json::from_slice(&reply.payload()).unwrap();
@@ -774,4 +784,111 @@ async fn discover_lists_every_instance_of_a_service_with_its_metadata() {
     );
     let _ = second.shutdown().await;
     let _ = stranger.shutdown().await;
+}
+
+/// Every `$SRV.PING|INFO|STATS` reply, on each of its three subjects, against the micro v1
+/// rules of ADR-32 (`tests/micro_v1/*.json`: required fields, the name pattern, semver, string
+/// metadata, integer counters, an RFC 3339 start) — natscli silently drops replies that break
+/// them. Also after traffic, so STATS has errors and a last error to report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_replies_conform_to_the_micro_v1_schemas() {
+    let f = Fixture::start_with(|builder| builder.metadata("k", "v")).await;
+    f.raw("test.echo", br#"{"text":"hi"}"#).await;
+    f.raw("test.echo", b"{").await;
+    let service = f.service.as_ref().unwrap();
+    for verb in ["PING", "INFO", "STATS"] {
+        let schema: Value = serde_json::from_str(
+            &std::fs::read_to_string(format!(
+                "{}/tests/micro_v1/{}_response.json",
+                env!("CARGO_MANIFEST_DIR"),
+                verb.to_lowercase()
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        let validator = jsonschema::options()
+            .should_validate_formats(true)
+            .build(&schema)
+            .unwrap();
+        for subject in [
+            format!("$SRV.{verb}"),
+            format!("$SRV.{verb}.tester"),
+            format!("$SRV.{verb}.tester.{}", service.id()),
+        ] {
+            let reply: Value = f.json(&subject, b"").await;
+            let errors: Vec<String> = validator
+                .iter_errors(&reply)
+                .map(|err| format!("{} at {}", err, err.instance_path()))
+                .collect();
+            assert!(errors.is_empty(), "{subject}: {errors:?}\n{reply:#}");
+        }
+    }
+    // The schemas are not vacuous: they turn away what natscli turns away.
+    let info_schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/micro_v1/info_response.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let info = jsonschema::validator_for(&info_schema).unwrap();
+    let mut reply = f.json("$SRV.INFO.tester", b"").await;
+    assert!(info.is_valid(&reply));
+    reply["endpoints"][0]["name"] = json!("rosey.db.kv.get");
+    assert!(!info.is_valid(&reply), "a dotted endpoint name is refused");
+    reply["endpoints"][0]["name"] = json!("echo");
+    reply["metadata"] = json!({"n": 1});
+    assert!(!info.is_valid(&reply), "metadata values must be strings");
+    let stats = f.json("$SRV.STATS.tester", b"").await;
+    let echo = stats["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|endpoint| endpoint["name"] == "echo")
+        .unwrap();
+    assert_eq!(
+        (echo["num_requests"].as_u64(), echo["num_errors"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(
+        echo["last_error"],
+        "INVALID_JSON: Invalid JSON: EOF while parsing an object at line 1 column 1"
+    );
+}
+
+/// A hand-written `Endpoint` whose name breaks the micro naming rule.
+struct DottedName;
+
+impl nats_rpc::Endpoint for DottedName {
+    const SUBJECT: &'static str = "test.dotted";
+    const NAME: &'static str = "test.dotted";
+    type State = State;
+    type Request = Nothing;
+    type Response = Nothing;
+    type Error = nats_rpc::Error;
+
+    fn call<'a>(
+        _state: &'a State,
+        request: Nothing,
+        _subject: nats_rpc::Subject<'a>,
+    ) -> impl std::future::Future<Output = Result<Nothing, nats_rpc::Error>> + Send + 'a {
+        std::future::ready(Ok(request))
+    }
+}
+
+#[tokio::test]
+async fn an_endpoint_name_micro_tools_would_drop_is_refused_at_serve() {
+    let server = NatsServer::start();
+    let nats = async_nats::connect(server.url()).await.unwrap();
+    let err = Service::builder("tester", "1.2.3")
+        .endpoint::<DottedName>()
+        .serve(nats, State::default())
+        .await
+        .expect_err("refused");
+    assert!(
+        err.to_string()
+            .contains("endpoint name `test.dotted` must be non-empty and use only"),
+        "{err}"
+    );
 }

@@ -33,7 +33,10 @@ pub struct Harness {
 pub struct Reply {
     pub body: Value,
     pub error_header: Option<String>,
+    /// `Rpc-Error-Code`: the code string.
     pub error_code_header: Option<String>,
+    /// `Nats-Service-Error-Code`: the code's status, a number (ADR-32).
+    pub status_header: Option<String>,
 }
 
 impl Harness {
@@ -161,7 +164,8 @@ impl Harness {
         Reply {
             body: serde_json::from_slice(&message.payload).expect("reply is JSON"),
             error_header: header("Nats-Service-Error"),
-            error_code_header: header("Nats-Service-Error-Code"),
+            error_code_header: header("Rpc-Error-Code"),
+            status_header: header("Nats-Service-Error-Code"),
         }
     }
 
@@ -196,6 +200,17 @@ impl Drop for Harness {
 /// `{"success": false, "error": {"code": code, "message": message}}`.
 pub fn failure(code: &str, message: &str) -> Value {
     serde_json::json!({"success": false, "error": {"code": code, "message": message}})
+}
+
+/// The status each code declares, as the `Nats-Service-Error-Code` header carries it.
+pub fn status_of(code: &str) -> &'static str {
+    match code {
+        "INVALID_JSON" | "MISSING_FIELD" | "VALIDATION_ERROR" => "400",
+        "VALUE_TOO_LARGE" => "413",
+        "INTERNAL_ERROR" => "500",
+        "OVERLOADED" => "503",
+        other => panic!("no status known for {other}"),
+    }
 }
 
 /// `{"success": true, "data": data}`.

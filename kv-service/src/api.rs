@@ -49,6 +49,9 @@ pub struct SetRequest {
     #[schemars(length(min = 1, max = 255))]
     pub key: String,
     /// Any JSON value, `null` included; at most 65536 bytes as compact JSON.
+    // `tsType`: json-schema-to-typescript types a schema without `type` as an object, where any
+    // JSON value is meant; validators and other generators ignore the keyword.
+    #[schemars(extend("tsType" = "unknown"))]
     pub value: Box<RawValue>,
     /// Seconds until the key expires; absent or `null` means never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -105,6 +108,7 @@ pub struct PluginSetRequest {
     #[schemars(length(min = 1, max = 255))]
     pub key: String,
     /// Any JSON value, `null` included; at most 65536 bytes as compact JSON.
+    #[schemars(extend("tsType" = "unknown"))]
     pub value: Box<RawValue>,
     /// Seconds until the key expires; absent or `null` means never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -154,7 +158,7 @@ pub struct GetReply {
     pub exists: bool,
     /// The stored value (present exactly when `exists` is true; may be `null`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "serde_json::Value")]
+    #[schemars(with = "serde_json::Value", extend("tsType" = "unknown"))]
     pub value: Option<store::Value>,
 }
 

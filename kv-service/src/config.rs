@@ -25,6 +25,12 @@ pub enum Command {
         #[arg(default_value = "schemas")]
         dir: PathBuf,
     },
+    /// Write the AsyncAPI 3.0 document of every endpoint (requests and both replies).
+    Asyncapi {
+        /// File to write (its folder must exist).
+        #[arg(default_value = crate::ASYNCAPI_FILE)]
+        file: PathBuf,
+    },
     /// Copy every live key from one store to another (SQLite to PostgreSQL, or back).
     ///
     /// Each key keeps its value, expiry and timestamps. Idempotent: running it again rewrites

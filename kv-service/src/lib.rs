@@ -63,7 +63,7 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()>) -> 
         return Err(err.into());
     }
     let mut builder = Service::builder(peers::SERVICE, env!("CARGO_PKG_VERSION"))
-        .description("rosey.db.kv: per-plugin key-value store")
+        .description(DESCRIPTION)
         .queue_group(config.queue_group.clone())
         .max_in_flight(config.max_in_flight)
         .endpoint::<api::set>()
@@ -107,8 +107,11 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()>) -> 
     purger.abort();
     let _ = purger.await;
     let _ = watcher.await;
-    if let Err(err) = nats.drain().await {
-        tracing::debug!(%err, "closing the NATS connection");
+    // Bounded: with the server gone, async-nats would wait for it to come back.
+    match tokio::time::timeout(Duration::from_secs(2), nats.drain()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::debug!(%err, "closing the NATS connection"),
+        Err(_) => tracing::warn!("NATS did not confirm the last replies in time"),
     }
     close_store(store).await;
     tracing::info!("stopped");
@@ -263,6 +266,29 @@ pub fn write_schemas(dir: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
         written.push(path);
     }
     Ok(written)
+}
+
+/// The service's one-line description (`$SRV.INFO`, the AsyncAPI document).
+pub const DESCRIPTION: &str = "rosey.db.kv: per-plugin key-value store";
+/// The file `kv-service asyncapi` writes by default: beside docs/NATS_SUBJECTS.md rather than in
+/// schemas/, so that code generators pointed at schemas/ see JSON Schemas only.
+pub const ASYNCAPI_FILE: &str = "docs/asyncapi.json";
+
+/// The AsyncAPI 3.0 document of every endpoint kv-service can serve (the four contract subjects
+/// and, with `--plugin-subjects`, the per-plugin ones), for queue group `queue_group`, as pretty
+/// JSON. A running service answers its own on `$SRV.ASYNCAPI.kv-service`.
+pub fn rendered_asyncapi(queue_group: &str) -> String {
+    let endpoints = api::schemas();
+    let document = nats_rpc::asyncapi::document(&nats_rpc::asyncapi::Api {
+        name: peers::SERVICE,
+        version: env!("CARGO_PKG_VERSION"),
+        description: DESCRIPTION,
+        queue_group,
+        endpoints: &endpoints,
+    });
+    let mut text = serde_json::to_string_pretty(&document).expect("a document serializes");
+    text.push('\n');
+    text
 }
 
 /// `(file name, pretty JSON)` for every schema `write_schemas` writes.

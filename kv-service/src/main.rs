@@ -64,6 +64,11 @@ async fn run(cli: Cli) -> ExitCode {
                 }
             })
             .map_err(|err| format!("cannot write schemas to {}: {err}", dir.display()).into()),
+        Some(Command::Asyncapi { file }) => {
+            std::fs::write(&file, kv_service::rendered_asyncapi(&cli.serve.queue_group))
+                .map(|()| println!("{}", file.display()))
+                .map_err(|err| format!("cannot write {}: {err}", file.display()).into())
+        }
         Some(Command::Copy { from, to }) => copy(&from, &to).await,
         Some(Command::Serve) | None => kv_service::serve(&cli.serve, shutdown_signal()).await,
     };

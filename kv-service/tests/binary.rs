@@ -214,3 +214,88 @@ fn help_never_shows_credentials_from_the_environment() {
     );
     assert!(!help.contains("s3cr3t"), "{help}");
 }
+
+#[test]
+fn asyncapi_subcommand_writes_the_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("api.json");
+    let output = Command::new(BIN)
+        .args(["asyncapi", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        kv_service::rendered_asyncapi("q")
+    );
+}
+
+/// Every endpoint's schemas travel in `$SRV.INFO`: with all eight endpoints the reply must stay
+/// well within NATS's default 1 MB payload limit, and the running service's AsyncAPI document
+/// is the committed one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_carries_the_schemas_within_nats_payload_limits() {
+    let nats = NatsServer::start();
+    let _service = Running::start_in(
+        &nats.url(),
+        tempfile::tempdir().unwrap(),
+        &[("PLUGIN_SUBJECTS", "true")],
+    );
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    ready(&client).await;
+    let info = client
+        .request("$SRV.INFO.kv-service", "".into())
+        .await
+        .unwrap();
+    println!(
+        "$SRV.INFO with 8 endpoints' schemas: {} bytes",
+        info.payload.len()
+    );
+    assert!(
+        info.payload.len() < 256 * 1024,
+        "{} bytes",
+        info.payload.len()
+    );
+    let info: Value = serde_json::from_slice(&info.payload).unwrap();
+    assert_eq!(info["metadata"]["store_backend"], "sqlite");
+    assert_eq!(info["endpoints"].as_array().unwrap().len(), 8);
+    let document = client
+        .request("$SRV.ASYNCAPI.kv-service", "".into())
+        .await
+        .unwrap();
+    let served: Value = serde_json::from_slice(&document.payload).unwrap();
+    let committed: Value = serde_json::from_str(&kv_service::rendered_asyncapi("q")).unwrap();
+    assert_eq!(served, committed);
+}
+
+/// SIGTERM while the NATS server is gone: nothing can be received or confirmed, so the drain
+/// waits only for what is in flight, and the process still exits 0, promptly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_nats_down_still_exits_zero_promptly() {
+    let mut nats = NatsServer::start();
+    let mut service = Running::start(&nats.url());
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    ready(&client).await;
+    nats.stop();
+    assert!(
+        service.wait_for_log("NATS connection lost", Duration::from_secs(10)),
+        "{}",
+        service.log()
+    );
+    let started = Instant::now();
+    service.signal("-TERM");
+    let (status, log) = tokio::task::spawn_blocking(move || service.wait(Duration::from_secs(15)))
+        .await
+        .unwrap();
+    println!(
+        "exited {status} {:?} after SIGTERM with NATS down",
+        started.elapsed()
+    );
+    assert!(status.success(), "{log}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(log.contains("stopped"), "{log}");
+}

@@ -1,6 +1,7 @@
-//! The committed `schemas/` folder is exactly what `kv-service schemas` writes (refresh with
-//! `SCHEMAS=overwrite cargo test -p kv-service --test schemas`), and those schemas accept the
-//! contract's valid payloads and reject its invalid ones.
+//! The committed `schemas/` folder is exactly what `kv-service schemas` and `kv-service
+//! asyncapi` write (refresh with `SCHEMAS=overwrite cargo test -p kv-service --test schemas`),
+//! those schemas accept the contract's valid payloads and reject its invalid ones, and the
+//! AsyncAPI document keeps the reply rules its official parser does not check.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -9,6 +10,12 @@ use serde_json::{Value, json};
 
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../schemas")
+}
+
+fn asyncapi_file() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(kv_service::ASYNCAPI_FILE)
 }
 
 fn load(name: &str) -> Value {
@@ -24,8 +31,10 @@ fn validator(name: &str) -> jsonschema::Validator {
 #[test]
 fn committed_schemas_are_fresh() {
     let rendered = kv_service::rendered_schemas();
+    let asyncapi = kv_service::rendered_asyncapi(nats_rpc::DEFAULT_QUEUE_GROUP);
     if std::env::var("SCHEMAS").as_deref() == Ok("overwrite") {
         kv_service::write_schemas(&dir()).expect("write schemas");
+        std::fs::write(asyncapi_file(), &asyncapi).expect("write docs/asyncapi.json");
     }
     let mut stale = Vec::new();
     for (name, text) in &rendered {
@@ -34,6 +43,9 @@ fn committed_schemas_are_fresh() {
             Ok(_) => stale.push(format!("{name} differs")),
             Err(_) => stale.push(format!("{name} is missing")),
         }
+    }
+    if std::fs::read_to_string(asyncapi_file()).ok().as_ref() != Some(&asyncapi) {
+        stale.push("docs/asyncapi.json differs".into());
     }
     let expected: BTreeSet<&str> = rendered.iter().map(|(name, _)| name.as_str()).collect();
     for entry in std::fs::read_dir(dir()).expect("schemas/ exists") {
@@ -205,4 +217,98 @@ fn reply_schemas_accept_the_contract_replies() {
         "rosey.db.kv.set.error.json",
         json!({"success": false, "error": {"code": "VALUE_TOO_LARGE", "message": "Value size (65537 bytes) exceeds 64KB limit (65536 bytes)"}}),
     );
+}
+
+/// What @asyncapi/parser lets through unchecked (it validates `reply` only shallowly): every
+/// operation receives on its request channel, its reply lists exactly the success and the
+/// error message, both defined in its reply channel, whose address is unknown (`null`) and
+/// which no `reply.address` contradicts; every `$ref` points at something that exists.
+#[test]
+fn asyncapi_replies_are_whole_and_every_reference_resolves() {
+    let document: Value =
+        serde_json::from_str(&std::fs::read_to_string(asyncapi_file()).unwrap()).unwrap();
+    assert_eq!(document["asyncapi"], "3.0.0");
+    let resolve = |reference: &Value| -> Value {
+        let pointer = reference["$ref"]
+            .as_str()
+            .unwrap_or_else(|| panic!("not a reference: {reference}"));
+        let pointer = pointer.strip_prefix('#').expect("a local reference");
+        document
+            .pointer(pointer)
+            .unwrap_or_else(|| panic!("{pointer} does not exist"))
+            .clone()
+    };
+    let operations = document["operations"].as_object().unwrap();
+    assert_eq!(operations.len(), 8);
+    for (name, operation) in operations {
+        assert_eq!(operation["action"], "receive", "{name}");
+        assert_eq!(operation["bindings"]["nats"]["queue"], "q", "{name}");
+        let channel = resolve(&operation["channel"]);
+        assert!(
+            channel["address"]
+                .as_str()
+                .unwrap()
+                .starts_with("rosey.db.kv."),
+            "{name}"
+        );
+        for message in operation["messages"].as_array().unwrap() {
+            let reference = message["$ref"].as_str().unwrap();
+            assert!(
+                reference.starts_with(&format!("#/channels/{name}/messages/")),
+                "{reference}"
+            );
+            resolve(&resolve(message));
+        }
+        let reply = &operation["reply"];
+        assert!(
+            reply.get("address").is_none(),
+            "{name}: NATS replies go to the inbox"
+        );
+        let reply_channel_ref = reply["channel"]["$ref"].as_str().unwrap();
+        let reply_channel = resolve(&reply["channel"]);
+        assert_eq!(reply_channel["address"], Value::Null, "{name}");
+        let listed: Vec<&str> = reply["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|message| message["$ref"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                format!("{reply_channel_ref}/messages/success"),
+                format!("{reply_channel_ref}/messages/error"),
+            ],
+            "{name}"
+        );
+        for message in reply["messages"].as_array().unwrap() {
+            let defined = resolve(message);
+            let payload = &resolve(&defined)["payload"];
+            assert_eq!(
+                payload["schemaFormat"],
+                "application/schema+json;version=draft-07"
+            );
+            jsonschema::draft7::new(&payload["schema"])
+                .unwrap_or_else(|err| panic!("{name}: not a draft-07 schema: {err}"));
+        }
+        let error = resolve(&reply_channel["messages"]["error"]);
+        let headers = &error["headers"]["schema"]["properties"];
+        for header in [
+            "Nats-Service-Error",
+            "Nats-Service-Error-Code",
+            "Rpc-Error-Code",
+        ] {
+            assert!(headers.get(header).is_some(), "{name}: {header}");
+        }
+    }
+    // Payloads are the published schemas, minus `$schema` and `$id`.
+    let get = &document["components"]["messages"]["get.request"]["payload"]["schema"];
+    let mut published = load("rosey.db.kv.get.request.json");
+    let object = published.as_object_mut().unwrap();
+    object.remove("$schema");
+    object.remove("$id");
+    assert_eq!(get, &published);
+    let plugin_get = &document["channels"]["plugin_get"];
+    assert_eq!(plugin_get["address"], "rosey.db.kv.{wildcard0}.get");
+    assert!(plugin_get["parameters"]["wildcard0"].is_object());
 }

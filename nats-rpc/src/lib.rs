@@ -62,6 +62,7 @@
 //! queue group `q` so instances share the load. [`Service::shutdown`] drains. The schemas a
 //! client needs (request, success reply, error reply) come from [`EndpointSchemas::of`].
 
+pub mod asyncapi;
 mod client;
 mod endpoint;
 pub mod envelope;
@@ -78,8 +79,8 @@ pub use endpoint::{Endpoint, RequestType, ResponseType, Subject};
 pub use envelope::RemoteError;
 pub use error::{Error, ErrorCode, INTERNAL_MESSAGE, RpcError, codes, status_of};
 pub use micro::{
-    ERROR_CODE_HEADER, ERROR_HEADER, EndpointInfo, Instance, InstanceEndpoint, RPC_CODE_HEADER,
-    ServiceInfo, discover,
+    ASYNCAPI_KEY, ERROR_CODE_HEADER, ERROR_HEADER, ERRORS_KEY, EndpointInfo, Instance,
+    InstanceEndpoint, RPC_CODE_HEADER, SCHEMA_KEYS, ServiceInfo, asyncapi_subject, discover,
 };
 pub use schema::{
     DIALECT, EndpointSchemas, Rejection, RequestValidator, SchemaError, catalogue, schema_of,

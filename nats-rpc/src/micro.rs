@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
 use crate::error::ErrorCode;
+use crate::schema::EndpointSchemas;
 use crate::stats::EndpointStats;
 
 /// Header carrying an error reply's message (ADR-32).
@@ -43,8 +44,44 @@ pub struct EndpointInfo {
     pub name: String,
     pub subject: String,
     pub queue_group: String,
-    /// The error codes the endpoint can reply with; published as endpoint metadata.
-    pub errors: Vec<ErrorCode>,
+    /// Its request, success-reply and error-reply schemas and error codes: published as
+    /// endpoint metadata, so a client with only a NATS connection can fetch them.
+    pub schemas: EndpointSchemas,
+}
+
+/// Endpoint metadata key: the comma-separated error codes an endpoint can reply with.
+pub const ERRORS_KEY: &str = "errors";
+/// Endpoint metadata keys: its JSON Schemas (compact JSON text, 2020-12) for the request, the
+/// success reply and the error reply.
+pub const SCHEMA_KEYS: [&str; 3] = ["request_schema", "response_schema", "error_schema"];
+/// Service metadata key: the subject answering with the service's AsyncAPI document.
+pub const ASYNCAPI_KEY: &str = "asyncapi_subject";
+
+impl EndpointInfo {
+    /// The error codes the endpoint can reply with.
+    pub fn errors(&self) -> &[ErrorCode] {
+        &self.schemas.errors
+    }
+
+    /// Its `$SRV.INFO` metadata: every value a string, as ADR-32 requires.
+    pub fn metadata(&self) -> BTreeMap<&'static str, String> {
+        let codes: Vec<&str> = self.errors().iter().map(|code| code.code).collect();
+        let mut metadata = BTreeMap::from([(ERRORS_KEY, codes.join(","))]);
+        for (key, schema) in SCHEMA_KEYS.into_iter().zip([
+            &self.schemas.request,
+            &self.schemas.response,
+            &self.schemas.error,
+        ]) {
+            metadata.insert(key, schema.to_string());
+        }
+        metadata
+    }
+}
+
+/// The subject answering with service `name`'s AsyncAPI document (and `.<id>` for one
+/// instance's).
+pub fn asyncapi_subject(name: &str) -> String {
+    format!("$SRV.ASYNCAPI.{name}")
 }
 
 #[derive(Serialize)]
@@ -56,17 +93,17 @@ struct EndpointJson<'a> {
 }
 
 impl ServiceInfo {
-    fn ping(&self) -> Value {
-        json!({
+    fn ping(&self) -> bytes::Bytes {
+        render(&json!({
             "type": "io.nats.micro.v1.ping_response",
             "name": self.name,
             "id": self.id,
             "version": self.version,
             "metadata": self.metadata,
-        })
+        }))
     }
 
-    fn info(&self) -> Value {
+    fn info(&self) -> bytes::Bytes {
         let endpoints: Vec<EndpointJson<'_>> = self
             .endpoints
             .iter()
@@ -74,18 +111,10 @@ impl ServiceInfo {
                 name: &endpoint.name,
                 subject: &endpoint.subject,
                 queue_group: &endpoint.queue_group,
-                metadata: BTreeMap::from([(
-                    "errors",
-                    endpoint
-                        .errors
-                        .iter()
-                        .map(|code| code.code)
-                        .collect::<Vec<_>>()
-                        .join(","),
-                )]),
+                metadata: endpoint.metadata(),
             })
             .collect();
-        json!({
+        render(&json!({
             "type": "io.nats.micro.v1.info_response",
             "name": self.name,
             "id": self.id,
@@ -93,10 +122,10 @@ impl ServiceInfo {
             "description": self.description,
             "metadata": self.metadata,
             "endpoints": endpoints,
-        })
+        }))
     }
 
-    fn stats(&self, stats: &[Arc<EndpointStats>]) -> Value {
+    fn stats(&self, stats: &[Arc<EndpointStats>]) -> bytes::Bytes {
         let endpoints: Vec<Value> = self
             .endpoints
             .iter()
@@ -115,7 +144,7 @@ impl ServiceInfo {
                 })
             })
             .collect();
-        json!({
+        render(&json!({
             "type": "io.nats.micro.v1.stats_response",
             "name": self.name,
             "id": self.id,
@@ -123,38 +152,53 @@ impl ServiceInfo {
             "metadata": self.metadata,
             "started": self.started,
             "endpoints": endpoints,
-        })
+        }))
     }
 }
 
-/// Subscribes the nine discovery subjects and answers them until aborted.
+fn render(body: &Value) -> bytes::Bytes {
+    serde_json::to_vec(body)
+        .expect("a JSON value serializes")
+        .into()
+}
+
+/// Subscribes the nine discovery subjects, and the AsyncAPI document's two, and answers them
+/// until aborted.
 pub(crate) async fn spawn(
     client: async_nats::Client,
     info: Arc<ServiceInfo>,
     stats: Vec<Arc<EndpointStats>>,
+    asyncapi: bytes::Bytes,
 ) -> Result<JoinHandle<()>, async_nats::SubscribeError> {
-    let mut subscribers = Vec::with_capacity(9);
+    let mut subscribers = Vec::with_capacity(11);
     for verb in VERBS {
         for subject in [
             format!("$SRV.{verb}"),
             format!("$SRV.{verb}.{}", info.name),
             format!("$SRV.{verb}.{}.{}", info.name, info.id),
         ] {
-            let subscriber = client.subscribe(subject).await?;
-            subscribers.push(subscriber.map(move |message| (verb, message)));
+            subscribers.push((verb, client.subscribe(subject).await?));
         }
     }
-    let mut requests = futures_util::stream::select_all(subscribers);
+    let document = asyncapi_subject(&info.name);
+    for subject in [document.clone(), format!("{document}.{}", info.id)] {
+        subscribers.push(("ASYNCAPI", client.subscribe(subject).await?));
+    }
+    let mut requests = futures_util::stream::select_all(
+        subscribers
+            .into_iter()
+            .map(|(verb, subscriber)| subscriber.map(move |message| (verb, message))),
+    );
     Ok(tokio::spawn(async move {
         while let Some((verb, message)) = requests.next().await {
             let Some(reply) = message.reply else { continue };
-            let body = match verb {
+            let payload = match verb {
                 "PING" => info.ping(),
                 "INFO" => info.info(),
+                "ASYNCAPI" => asyncapi.clone(),
                 _ => info.stats(&stats),
             };
-            let payload = serde_json::to_vec(&body).expect("a JSON value serializes");
-            if let Err(err) = client.publish(reply, payload.into()).await {
+            if let Err(err) = client.publish(reply, payload).await {
                 tracing::warn!(%err, verb, "cannot answer discovery request");
             }
         }

@@ -332,6 +332,8 @@ fn truncate(mut message: String) -> String {
 pub struct EndpointSchemas {
     pub subject: &'static str,
     pub name: &'static str,
+    /// The codes its error replies can carry (the framework's, then the handler's).
+    pub errors: Vec<ErrorCode>,
     /// What a request must look like; the service validates against exactly this.
     pub request: Value,
     /// `{"success": true, "data": <response>}`.
@@ -358,6 +360,7 @@ impl EndpointSchemas {
 
     /// The schemas of endpoint `E`.
     pub fn of<E: Endpoint>() -> Self {
+        let errors = catalogue::<E::Error>();
         EndpointSchemas {
             subject: E::SUBJECT,
             name: E::NAME,
@@ -368,12 +371,8 @@ impl EndpointSchemas {
                 "response",
                 "success reply",
             ),
-            error: titled(
-                error_schema(&catalogue::<E::Error>()),
-                E::SUBJECT,
-                "error",
-                "error reply",
-            ),
+            error: titled(error_schema(&errors), E::SUBJECT, "error", "error reply"),
+            errors,
         }
     }
 }

@@ -19,7 +19,7 @@ use crate::endpoint::Endpoint;
 use crate::envelope;
 use crate::error::{ErrorCode, INTERNAL_MESSAGE, RpcError, codes};
 use crate::micro::{self, EndpointInfo, ServiceInfo};
-use crate::schema::{RequestValidator, SchemaError, catalogue};
+use crate::schema::{EndpointSchemas, RequestValidator, SchemaError};
 use crate::stats::{EndpointStats, StatsSnapshot};
 
 /// Default queue group: every instance of a service joins it, so NATS spreads requests.
@@ -172,24 +172,44 @@ impl Service {
     pub async fn shutdown(self) -> Result<(), DrainTimeout> {
         // A round trip to the server first: everything it routed to us before this point is
         // then in our subscription buffers, where the drain below still answers it (async-nats
-        // drops what arrives for a subscription after it is drained).
-        if let Err(err) = self.client.flush().await {
-            tracing::warn!(%err, "cannot flush before draining");
+        // drops what arrives for a subscription after it is drained). Without a connection
+        // there is nothing more to receive: only the requests in flight are waited for (a
+        // flush would wait for the server's return).
+        let connected = self.client.connection_state() == async_nats::connection::State::Connected;
+        if connected && !flush_within(&self.client, FLUSH_TIMEOUT).await {
+            tracing::warn!("cannot flush before draining");
         }
         let _ = self.shutdown.send(true);
         let permits = u32::try_from(self.max_in_flight).unwrap_or(u32::MAX);
         let drained = async {
             for reader in self.readers {
-                let _ = reader.await;
+                if connected {
+                    let _ = reader.await;
+                } else {
+                    reader.abort();
+                }
             }
             // Every permit back means every spawned request has replied.
             let _ = self.permits.acquire_many(permits).await;
         };
         let outcome = tokio::time::timeout(self.drain_timeout, drained).await;
         self.micro.abort();
-        let _ = self.client.flush().await;
+        if connected {
+            flush_within(&self.client, FLUSH_TIMEOUT).await;
+        }
         outcome.map_err(|_| DrainTimeout(self.drain_timeout))
     }
+}
+
+/// The longest [`Service::shutdown`] waits for the server to confirm what was sent.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether the server confirmed everything sent so far within `limit`.
+async fn flush_within(client: &async_nats::Client, limit: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(limit, client.flush()).await,
+        Ok(Ok(()))
+    )
 }
 
 /// Requests were still in flight when the drain timeout ran out.
@@ -220,7 +240,7 @@ impl<S: Send + Sync + 'static> ServiceBuilder<S> {
             name: E::NAME.to_owned(),
             subject: E::SUBJECT.to_owned(),
             queue_group: String::new(), // set in `serve`, once the group is final
-            errors: catalogue::<E::Error>(),
+            schemas: EndpointSchemas::of::<E>(),
         };
         let endpoint_stats = stats.clone();
         let start: Starter<S> = Box::new(move |context: Context<S>| {
@@ -313,16 +333,36 @@ impl<S: Send + Sync + 'static> ServiceBuilder<S> {
             infos.push(info);
             all_stats.push(registration.stats);
         }
+        let schemas: Vec<EndpointSchemas> = infos.iter().map(|info| info.schemas.clone()).collect();
+        let asyncapi = crate::asyncapi::document(&crate::asyncapi::Api {
+            name: &self.name,
+            version: &self.version,
+            description: &self.description,
+            queue_group: &self.queue_group,
+            endpoints: &schemas,
+        });
+        let mut metadata = self.metadata;
+        metadata.insert(
+            micro::ASYNCAPI_KEY.to_owned(),
+            micro::asyncapi_subject(&self.name),
+        );
         let info = Arc::new(ServiceInfo {
             name: self.name,
             id: micro::new_id(),
             version: self.version,
             description: self.description,
-            metadata: self.metadata,
+            metadata,
             endpoints: infos,
             started: micro::now_rfc3339(),
         });
-        let micro = micro::spawn(client.clone(), info.clone(), all_stats.clone()).await;
+        let asyncapi = serde_json::to_vec(&asyncapi).expect("a JSON value serializes");
+        let micro = micro::spawn(
+            client.clone(),
+            info.clone(),
+            all_stats.clone(),
+            asyncapi.into(),
+        )
+        .await;
         let micro = match micro {
             Ok(micro) => micro,
             Err(err) => {

@@ -452,7 +452,7 @@ async fn ping_info_and_stats_answer_on_all_three_subjects() {
                 "name": "tester",
                 "id": id,
                 "version": "1.2.3",
-                "metadata": {},
+                "metadata": {"asyncapi_subject": "$SRV.ASYNCAPI.tester"},
             }),
             "{subject}"
         );
@@ -460,16 +460,24 @@ async fn ping_info_and_stats_answer_on_all_three_subjects() {
     let info = f.json(&format!("$SRV.INFO.tester.{id}"), b"").await;
     assert_eq!(info["type"], "io.nats.micro.v1.info_response");
     assert_eq!(info["description"], "test service");
+    let brew = &info["endpoints"][1];
     assert_eq!(
-        info["endpoints"][1],
-        json!({
-            "name": "brew",
-            "subject": "test.tea",
-            "queue_group": "q",
-            "metadata": {
-                "errors": "INVALID_JSON,VALIDATION_ERROR,MISSING_FIELD,INTERNAL_ERROR,OVERLOADED,TEAPOT"
-            },
-        })
+        (&brew["name"], &brew["subject"], &brew["queue_group"]),
+        (&json!("brew"), &json!("test.tea"), &json!("q"))
+    );
+    let metadata = brew["metadata"].as_object().unwrap();
+    assert_eq!(
+        metadata.keys().collect::<Vec<_>>(),
+        [
+            "error_schema",
+            "errors",
+            "request_schema",
+            "response_schema"
+        ]
+    );
+    assert_eq!(
+        metadata["errors"],
+        "INVALID_JSON,VALIDATION_ERROR,MISSING_FIELD,INTERNAL_ERROR,OVERLOADED,TEAPOT"
     );
     let names: Vec<&str> = info["endpoints"]
         .as_array()
@@ -890,5 +898,69 @@ async fn an_endpoint_name_micro_tools_would_drop_is_refused_at_serve() {
         err.to_string()
             .contains("endpoint name `test.dotted` must be non-empty and use only"),
         "{err}"
+    );
+}
+
+/// A client with only a NATS connection gets every endpoint's three schemas from `$SRV.INFO`
+/// (endpoint metadata, each a JSON text) and the AsyncAPI document from the subject the
+/// service metadata names: exactly what `EndpointSchemas` and `asyncapi::document` publish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemas_and_the_asyncapi_document_come_from_the_running_service() {
+    let f = Fixture::start().await;
+    let info = f.json("$SRV.INFO.tester", b"").await;
+    let subject = info["metadata"][nats_rpc::ASYNCAPI_KEY].as_str().unwrap();
+    assert_eq!(subject, "$SRV.ASYNCAPI.tester");
+    let echo = info["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|endpoint| endpoint["name"] == "echo")
+        .unwrap();
+    let published = nats_rpc::EndpointSchemas::of::<echo>();
+    for (key, schema) in nats_rpc::SCHEMA_KEYS.into_iter().zip([
+        &published.request,
+        &published.response,
+        &published.error,
+    ]) {
+        let text = echo["metadata"][key]
+            .as_str()
+            .unwrap_or_else(|| panic!("{key}"));
+        assert_eq!(
+            &serde_json::from_str::<Value>(text).unwrap(),
+            schema,
+            "{key}"
+        );
+    }
+    assert_eq!(
+        echo["metadata"]["errors"],
+        "INVALID_JSON,VALIDATION_ERROR,MISSING_FIELD,INTERNAL_ERROR,OVERLOADED"
+    );
+    // A reply validates against the schema fetched in-band.
+    let reply = f.json("test.echo", br#"{"text":"hi"}"#).await;
+    let response: Value =
+        serde_json::from_str(echo["metadata"]["response_schema"].as_str().unwrap()).unwrap();
+    assert!(
+        jsonschema::validator_for(&response)
+            .unwrap()
+            .is_valid(&reply),
+        "{reply}"
+    );
+
+    let document = f.json(subject, b"").await;
+    let service = f.service.as_ref().unwrap();
+    let by_id = f.json(&format!("{subject}.{}", service.id()), b"").await;
+    assert_eq!(document, by_id);
+    assert_eq!(document["asyncapi"], "3.0.0");
+    assert_eq!(document["info"]["title"], "tester");
+    let mut operations: Vec<&String> = document["operations"].as_object().unwrap().keys().collect();
+    operations.sort();
+    assert_eq!(operations, ["boom", "brew", "echo", "room", "slow", "unit"]);
+    assert_eq!(
+        document["channels"]["room"]["address"],
+        "test.room.{wildcard0}.where.{rest}"
+    );
+    assert_eq!(
+        document["operations"]["echo"]["bindings"]["nats"]["queue"],
+        "q"
     );
 }

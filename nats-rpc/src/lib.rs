@@ -64,6 +64,7 @@
 
 pub mod asyncapi;
 mod client;
+pub mod compat;
 mod endpoint;
 pub mod envelope;
 mod error;

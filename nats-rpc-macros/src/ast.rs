@@ -6,8 +6,8 @@ use syn::{Ident, ItemFn, Type, Visibility};
 use crate::args::Args;
 use crate::valid;
 
-/// `async fn <ident>(state: &<state>, request: <request>[, subject: Subject<'_>]) ->
-/// Result<<response>, <error>>`.
+/// `async fn <ident>(state: &<state>, request: <request>[, subject: Subject<'_> | context:
+/// Context<'_>]) -> Result<<response>, <error>>`.
 pub struct Handler<'a> {
     pub vis: &'a Visibility,
     pub ident: &'a Ident,
@@ -16,8 +16,8 @@ pub struct Handler<'a> {
     pub name: String,
     pub state: &'a Type,
     pub request: &'a Type,
-    /// Whether the fn takes a third parameter, the request's `nats_rpc::Subject`.
-    pub takes_subject: bool,
+    /// What the fn's third parameter, if any, receives.
+    pub third: Option<valid::Third>,
     pub response: &'a Type,
     pub error: &'a Type,
 }
@@ -59,7 +59,7 @@ impl<'a> Handler<'a> {
                 .map_or_else(|| sig.ident.to_string(), |name| name.value()),
             state: params.state,
             request: params.request,
-            takes_subject: params.subject,
+            third: params.third,
             response: output.0,
             error: output.1,
         })

@@ -7,6 +7,7 @@ use quote::quote;
 use syn::ItemFn;
 
 use crate::ast::Handler;
+use crate::valid::Third;
 
 pub fn render(func: &ItemFn, handler: &Handler<'_>) -> TokenStream {
     let Handler {
@@ -16,17 +17,23 @@ pub fn render(func: &ItemFn, handler: &Handler<'_>) -> TokenStream {
         name,
         state,
         request,
-        takes_subject,
+        third,
         response,
         error,
     } = handler;
-    let call = if *takes_subject {
-        quote! { #ident(state, request, subject) }
-    } else {
-        quote! {
-            let _ = subject;
-            #ident(state, request)
-        }
+    // The glue's own names are prefixed: a handler may itself be called `state`, `request` or
+    // `context`, and a plain parameter of that name would shadow it.
+    let call = match third {
+        Some(Third::Subject) => quote! {
+            #ident(__nats_rpc_state, __nats_rpc_request, __nats_rpc_context.subject())
+        },
+        Some(Third::Context) => quote! {
+            #ident(__nats_rpc_state, __nats_rpc_request, __nats_rpc_context)
+        },
+        None => quote! {
+            let _ = __nats_rpc_context;
+            #ident(__nats_rpc_state, __nats_rpc_request)
+        },
     };
     let doc = format!(
         "The `{subject}` endpoint, served by [`fn@{ident}`].\n\n\
@@ -49,9 +56,9 @@ pub fn render(func: &ItemFn, handler: &Handler<'_>) -> TokenStream {
             type Error = #error;
 
             fn call<'__nats_rpc_a>(
-                state: &'__nats_rpc_a Self::State,
-                request: Self::Request,
-                subject: ::nats_rpc::Subject<'__nats_rpc_a>,
+                __nats_rpc_state: &'__nats_rpc_a Self::State,
+                __nats_rpc_request: Self::Request,
+                __nats_rpc_context: ::nats_rpc::Context<'__nats_rpc_a>,
             ) -> impl ::core::future::Future<
                 Output = ::core::result::Result<Self::Response, Self::Error>,
             > + ::core::marker::Send + '__nats_rpc_a {

@@ -5,7 +5,7 @@ use syn::spanned::Spanned;
 use syn::{FnArg, GenericArgument, LitStr, PathArguments, ReturnType, Signature, Type};
 
 const SHAPE: &str = "`async fn name(state: &State, request: Request) -> Result<Response, Error>`";
-const SUBJECT_PARAM: &str = "`subject: nats_rpc::Subject<'_>`";
+const SUBJECT_PARAM: &str = "`subject: nats_rpc::Subject<'_>` or `context: nats_rpc::Context<'_>`";
 
 /// Adds `err` to the errors collected so far, so the user sees every mistake in one build.
 pub fn fold(errors: &mut Option<syn::Error>, err: syn::Error) {
@@ -118,15 +118,25 @@ pub fn endpoint_name(lit: &LitStr) -> syn::Result<()> {
     ))
 }
 
-/// What the handler's parameters name: the state's referent, the request type, and whether it
-/// takes the request's subject.
+/// What the handler's parameters name: the state's referent, the request type, and what its
+/// optional third parameter receives.
 pub struct Params<'a> {
     pub state: &'a Type,
     pub request: &'a Type,
-    pub subject: bool,
+    pub third: Option<Third>,
 }
 
-/// `(state: &State, request: Request)`, optionally followed by `subject: nats_rpc::Subject<'_>`.
+/// What a handler's third parameter receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Third {
+    /// `nats_rpc::Subject<'_>`: the subject the request arrived on.
+    Subject,
+    /// `nats_rpc::Context<'_>`: the subject, the headers and the deadline.
+    Context,
+}
+
+/// `(state: &State, request: Request)`, optionally followed by `subject: nats_rpc::Subject<'_>`
+/// or `context: nats_rpc::Context<'_>`.
 pub fn params(sig: &Signature) -> syn::Result<Params<'_>> {
     let mut typed = Vec::with_capacity(3);
     for (index, arg) in sig.inputs.iter().enumerate() {
@@ -145,7 +155,7 @@ pub fn params(sig: &Signature) -> syn::Result<Params<'_>> {
                     pat,
                     format!(
                         "unexpected parameter: a handler takes the state, the request and \
-                         optionally the subject ({SUBJECT_PARAM}), {SHAPE}"
+                         optionally {SUBJECT_PARAM}, {SHAPE}"
                     ),
                 ));
             }
@@ -188,38 +198,34 @@ pub fn params(sig: &Signature) -> syn::Result<Params<'_>> {
              remove the `&`",
         ));
     }
-    if let Some(subject) = subject {
-        subject_param(subject)?;
-    }
+    let third = subject.map(third_param).transpose()?;
     concrete(state)?;
     concrete(request)?;
     Ok(Params {
         state,
         request,
-        subject: subject.is_some(),
+        third,
     })
 }
 
-/// The third parameter, when there is one, receives the request's subject by value.
-fn subject_param(ty: &Type) -> syn::Result<()> {
-    let named_subject = match ty {
-        Type::Path(path) => path
-            .path
-            .segments
-            .last()
-            .is_some_and(|last| last.ident == "Subject"),
-        _ => false,
+/// The third parameter, when there is one, receives the request's subject or its whole
+/// context, by value.
+fn third_param(ty: &Type) -> syn::Result<Third> {
+    let last = match ty {
+        Type::Path(path) => path.path.segments.last().map(|last| &last.ident),
+        _ => None,
     };
-    if named_subject {
-        return Ok(());
+    match last {
+        Some(ident) if ident == "Subject" => Ok(Third::Subject),
+        Some(ident) if ident == "Context" => Ok(Third::Context),
+        _ => Err(syn::Error::new_spanned(
+            ty,
+            format!(
+                "the third parameter receives the subject the request arrived on, or its whole \
+                 context (subject, headers, deadline): write {SUBJECT_PARAM}, or remove it"
+            ),
+        )),
     }
-    Err(syn::Error::new_spanned(
-        ty,
-        format!(
-            "the third parameter receives the subject the request arrived on: write \
-             {SUBJECT_PARAM}, or remove it"
-        ),
-    ))
 }
 
 /// `Result<Response, Error>`: returns both type arguments.

@@ -72,7 +72,8 @@ impl Client {
         }
     }
 
-    /// Sets how long a call waits for its reply.
+    /// Sets how long a call waits for its reply; the request tells the service (its
+    /// `Rpc-Timeout-Ms` header), which does not start it once that time has passed.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -106,12 +107,19 @@ impl Client {
         E::Response: DeserializeOwned,
     {
         let payload = serde_json::to_vec(request).map_err(CallError::Encode)?;
+        // The service stops working on the request when this client stops waiting.
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            crate::endpoint::TIMEOUT_HEADER,
+            self.timeout.as_millis().max(1).to_string().as_str(),
+        );
         let reply = self
             .nats
             .send_request(
                 subject.to_owned(),
                 Request::new()
                     .payload(payload.into())
+                    .headers(headers)
                     .timeout(Some(self.timeout)),
             )
             .await

@@ -3,6 +3,9 @@
 //! else is generic over it.
 
 use std::future::Future;
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
 
 use schemars::JsonSchema;
 use serde::Serialize;
@@ -27,13 +30,144 @@ pub trait Endpoint: 'static {
     /// The domain error, mapped to an error reply.
     type Error: RpcError;
 
-    /// Runs the handler. `subject` is the subject the request arrived on (handlers that take a
-    /// third parameter receive it; it matters for endpoints on wildcard subjects).
+    /// Runs the handler. `context` tells the subject the request arrived on, its headers and
+    /// its deadline (handlers that take a third parameter receive it, or its subject).
     fn call<'a>(
         state: &'a Self::State,
         request: Self::Request,
-        subject: Subject<'a>,
+        context: Context<'a>,
     ) -> impl Future<Output = Result<Self::Response, Self::Error>> + Send + 'a;
+}
+
+/// The request header carrying the caller's timeout, relative, in whole milliseconds (e.g.
+/// `Rpc-Timeout-Ms: 2000`): the service fixes the deadline when the message arrives, so the
+/// two clocks need not agree. Matched case-insensitively.
+pub const TIMEOUT_HEADER: &str = "Rpc-Timeout-Ms";
+/// Longest timeout a request may ask for (a larger header is capped).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// When a request stops being worth an answer: fixed on arrival, from its [`TIMEOUT_HEADER`]
+/// or the service's default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline {
+    at: Instant,
+    budget: Duration,
+}
+
+impl Deadline {
+    /// `budget` from `arrived`.
+    pub fn new(arrived: Instant, budget: Duration) -> Self {
+        Deadline {
+            at: arrived + budget,
+            budget,
+        }
+    }
+
+    /// `budget` from now.
+    pub fn after(budget: Duration) -> Self {
+        Deadline::new(Instant::now(), budget)
+    }
+
+    /// The instant it passes.
+    pub fn at(&self) -> Instant {
+        self.at
+    }
+
+    /// The timeout it was made from.
+    pub fn budget(&self) -> Duration {
+        self.budget
+    }
+
+    /// Time left (zero once passed).
+    pub fn remaining(&self) -> Duration {
+        self.at.saturating_duration_since(Instant::now())
+    }
+
+    pub fn passed(&self) -> bool {
+        Instant::now() >= self.at
+    }
+
+    /// The `TIMEOUT` error for it: nothing was done.
+    pub fn error(&self) -> crate::Error {
+        crate::Error::new(
+            crate::codes::TIMEOUT,
+            format!(
+                "Request deadline of {} ms passed before it was handled; nothing was done",
+                self.budget.as_millis()
+            ),
+        )
+    }
+
+    /// The deadline a request asks for in `headers` ([`TIMEOUT_HEADER`], capped at
+    /// [`MAX_TIMEOUT`]), else `default`; `None` without either. A header that is not a whole
+    /// number of milliseconds >= 1 is ignored.
+    pub fn of_request(
+        arrived: Instant,
+        headers: Option<&HeaderMap>,
+        default: Option<Duration>,
+    ) -> Option<Deadline> {
+        let asked = headers.and_then(|headers| {
+            headers
+                .iter()
+                .find(|(name, _)| AsRef::<str>::as_ref(name).eq_ignore_ascii_case(TIMEOUT_HEADER))
+                .and_then(|(_, values)| values.first())
+                .and_then(|value| value.as_str().trim().parse::<u64>().ok())
+                .filter(|&millis| millis > 0)
+                .map(|millis| Duration::from_millis(millis).min(MAX_TIMEOUT))
+        });
+        asked
+            .or(default)
+            .map(|budget| Deadline::new(arrived, budget))
+    }
+}
+
+/// What a handler may know of its request beyond the body: the subject it arrived on, its
+/// headers (auth, tracing) and its deadline. A handler takes it as its third parameter,
+/// `context: nats_rpc::Context<'_>`.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    subject: Subject<'a>,
+    headers: Option<&'a HeaderMap>,
+    deadline: Option<Deadline>,
+}
+
+impl<'a> Context<'a> {
+    pub fn new(
+        subject: Subject<'a>,
+        headers: Option<&'a HeaderMap>,
+        deadline: Option<Deadline>,
+    ) -> Self {
+        Context {
+            subject,
+            headers,
+            deadline,
+        }
+    }
+
+    /// The subject the request arrived on (what wildcards matched).
+    pub fn subject(&self) -> Subject<'a> {
+        self.subject
+    }
+
+    /// The request's headers, if it had any.
+    pub fn headers(&self) -> Option<&'a HeaderMap> {
+        self.headers
+    }
+
+    /// The first value of header `name` (matched case-insensitively, as NATS leaves header case
+    /// to applications).
+    pub fn header(&self, name: &str) -> Option<&'a str> {
+        let (_, values) = self
+            .headers?
+            .iter()
+            .find(|(key, _)| AsRef::<str>::as_ref(key).eq_ignore_ascii_case(name))?;
+        values.first().map(|value| value.as_str())
+    }
+
+    /// The request's deadline, if it has one (its header, or the service default).
+    pub fn deadline(&self) -> Option<Deadline> {
+        self.deadline
+    }
 }
 
 /// The subject a request arrived on, matched against the endpoint's subject pattern.

@@ -71,6 +71,14 @@ pub mod codes {
         "the service has too many requests in flight; nothing was done, retry after a short pause",
     );
 
+    /// The request's deadline passed before it was handled; nothing was done.
+    pub const TIMEOUT: ErrorCode = ErrorCode::new(
+        "TIMEOUT",
+        504,
+        "the request's deadline (its Rpc-Timeout-Ms header, or the service's default) passed \
+         before it was handled; nothing was done, and the message names the deadline",
+    );
+
     /// Every framework code, in the order their checks run.
     pub const ALL: &[ErrorCode] = &[
         INVALID_JSON,
@@ -78,6 +86,7 @@ pub mod codes {
         MISSING_FIELD,
         INTERNAL_ERROR,
         OVERLOADED,
+        TIMEOUT,
     ];
 }
 

@@ -76,7 +76,9 @@ mod stats;
 pub mod testing;
 
 pub use client::{CallError, Client, DEFAULT_TIMEOUT};
-pub use endpoint::{Endpoint, RequestType, ResponseType, Subject};
+pub use endpoint::{
+    Context, Deadline, Endpoint, MAX_TIMEOUT, RequestType, ResponseType, Subject, TIMEOUT_HEADER,
+};
 pub use envelope::RemoteError;
 pub use error::{Error, ErrorCode, INTERNAL_MESSAGE, RpcError, codes, status_of};
 pub use micro::{
@@ -126,6 +128,13 @@ pub use stats::StatsSnapshot;
 /// }
 /// ```
 ///
+/// Or it may take `context: nats_rpc::Context<'_>` instead: the subject, the request's headers
+/// (auth, tracing; matched case-insensitively) and its [`Deadline`], fixed on arrival from its
+/// `Rpc-Timeout-Ms` header ([`TIMEOUT_HEADER`]) or the service's
+/// [`ServiceBuilder::request_timeout`]. A request whose deadline passed before its handler
+/// starts is not run and gets `TIMEOUT`; a handler can stop early at the deadline
+/// (`context.deadline().map(|d| d.remaining())`). [`Client`] sends its own timeout.
+///
 /// # Expansion
 ///
 /// The fn stays exactly as written (call it directly in unit tests). Beside it comes a type of
@@ -141,10 +150,10 @@ pub use stats::StatsSnapshot;
 ///     type Request = GetRequest;
 ///     type Response = GetReply;
 ///     type Error = KvError;
-///     fn call<'a>(state: &'a Store, request: GetRequest, subject: Subject<'a>)
+///     fn call<'a>(state: &'a Store, request: GetRequest, context: Context<'a>)
 ///         -> impl Future<…> + Send + 'a
 ///     {
-///         let _ = subject; // passed on when the fn takes it
+///         let _ = context; // passed on (or its subject) when the fn takes it
 ///         get(state, request)
 ///     }
 /// }

@@ -15,7 +15,7 @@ use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinHandle;
 
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Context, Deadline, Endpoint};
 use crate::envelope;
 use crate::error::{ErrorCode, INTERNAL_MESSAGE, RpcError, codes};
 use crate::micro::{self, EndpointInfo, ServiceInfo};
@@ -59,7 +59,7 @@ pub struct Service {
 
 type Starter<S> = Box<
     dyn FnOnce(
-            Context<S>,
+            Shared<S>,
         ) -> Pin<Box<dyn Future<Output = Result<JoinHandle<()>, ServeError>> + Send>>
         + Send,
 >;
@@ -71,12 +71,13 @@ struct Registration<S> {
 }
 
 /// What every endpoint of one service shares.
-struct Context<S> {
+struct Shared<S> {
     client: async_nats::Client,
     state: Arc<S>,
     permits: Arc<Semaphore>,
     max_in_flight: usize,
     queue_group: String,
+    default_timeout: Option<Duration>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -89,6 +90,7 @@ pub struct ServiceBuilder<S> {
     queue_group: String,
     max_in_flight: usize,
     drain_timeout: Duration,
+    request_timeout: Option<Duration>,
     metadata: BTreeMap<String, String>,
     endpoints: Vec<Registration<S>>,
     errors: Vec<String>,
@@ -134,6 +136,7 @@ impl Service {
             queue_group: DEFAULT_QUEUE_GROUP.to_owned(),
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            request_timeout: None,
             metadata: BTreeMap::new(),
             endpoints: Vec::new(),
             errors: Vec::new(),
@@ -243,7 +246,7 @@ impl<S: Send + Sync + 'static> ServiceBuilder<S> {
             schemas: EndpointSchemas::of::<E>(),
         };
         let endpoint_stats = stats.clone();
-        let start: Starter<S> = Box::new(move |context: Context<S>| {
+        let start: Starter<S> = Box::new(move |context: Shared<S>| {
             Box::pin(async move {
                 let subscriber = context
                     .client
@@ -252,6 +255,7 @@ impl<S: Send + Sync + 'static> ServiceBuilder<S> {
                     .map_err(ServeError::Subscribe)?;
                 let endpoint = Arc::new(Running::<E> {
                     client: context.client,
+                    default_timeout: context.default_timeout,
                     responder: Responder {
                         state: context.state,
                         validator,
@@ -292,6 +296,13 @@ impl<S: Send + Sync + 'static> ServiceBuilder<S> {
         self
     }
 
+    /// The deadline of requests that carry no `Rpc-Timeout-Ms` header (default: none, they
+    /// are always run).
+    pub fn request_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
     /// A metadata entry for `$SRV.INFO` / `PING` / `STATS`.
     pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.metadata.insert(key.into(), value.into());
@@ -313,12 +324,13 @@ impl<S: Send + Sync + 'static> ServiceBuilder<S> {
         let mut all_stats = Vec::with_capacity(self.endpoints.len());
         let mut readers = Vec::with_capacity(self.endpoints.len());
         for registration in self.endpoints {
-            let context = Context {
+            let context = Shared {
                 client: client.clone(),
                 state: state.clone(),
                 permits: permits.clone(),
                 max_in_flight: self.max_in_flight,
                 queue_group: self.queue_group.clone(),
+                default_timeout: self.request_timeout,
                 shutdown: shutdown_rx.clone(),
             };
             match (registration.start)(context).await {
@@ -466,9 +478,28 @@ impl<E: Endpoint> Responder<E> {
         })
     }
 
-    /// Answers one request that arrived on `subject` (which `E::SUBJECT` must match).
+    /// Answers one request that arrived on `subject` (which `E::SUBJECT` must match), without
+    /// headers or deadline.
     pub async fn respond(&self, subject: &str, payload: &[u8]) -> Reply {
-        AssertUnwindSafe(self.process(subject, payload))
+        self.respond_with(subject, payload, None, None).await
+    }
+
+    /// Answers one request with its headers and deadline. A request whose deadline has passed
+    /// is not run: it gets `TIMEOUT`.
+    pub async fn respond_with(
+        &self,
+        subject: &str,
+        payload: &[u8],
+        headers: Option<&HeaderMap>,
+        deadline: Option<Deadline>,
+    ) -> Reply {
+        if let Some(deadline) = deadline
+            && deadline.passed()
+        {
+            let err = deadline.error();
+            return Reply::failure(&codes::TIMEOUT, err.message().into_owned());
+        }
+        AssertUnwindSafe(self.process(subject, payload, headers, deadline))
             .catch_unwind()
             .await
             .unwrap_or_else(|panic| {
@@ -482,13 +513,20 @@ impl<E: Endpoint> Responder<E> {
             })
     }
 
-    async fn process(&self, subject: &str, payload: &[u8]) -> Reply {
+    async fn process(
+        &self,
+        subject: &str,
+        payload: &[u8],
+        headers: Option<&HeaderMap>,
+        deadline: Option<Deadline>,
+    ) -> Reply {
         let request = match self.validator.decode::<E::Request>(payload) {
             Ok(request) => request,
             Err(rejection) => return Reply::failure(&rejection.code, rejection.message),
         };
         let subject = crate::endpoint::Subject::new(subject, E::SUBJECT);
-        match E::call(&self.state, request, subject).await {
+        let context = Context::new(subject, headers, deadline);
+        match E::call(&self.state, request, context).await {
             Ok(response) => match envelope::success(&response) {
                 Ok(bytes) => Reply::Success(bytes),
                 Err(err) => {
@@ -575,6 +613,8 @@ impl Reply {
 struct Running<E: Endpoint> {
     client: async_nats::Client,
     responder: Responder<E>,
+    /// The timeout of requests without a timeout header.
+    default_timeout: Option<Duration>,
     stats: Arc<EndpointStats>,
     permits: Arc<Semaphore>,
     max_in_flight: usize,
@@ -608,13 +648,19 @@ impl<E: Endpoint> Running<E> {
                 }
             };
             let Some(message) = message else { break };
+            // The deadline counts from here: the message has just left the subscription.
+            let deadline = Deadline::of_request(
+                Instant::now(),
+                message.headers.as_ref(),
+                self.default_timeout,
+            );
             match self.permits.clone().try_acquire_owned() {
                 Ok(permit) => {
                     // Poll once right here: a request that completes without waiting (a
                     // rejection, a handler answering from memory) is answered without the cost
                     // of scheduling a task, often on another thread. Only what has to wait
                     // becomes a task; the task's first poll registers its real waker.
-                    let mut request = Box::pin(self.clone().handle(message, permit));
+                    let mut request = Box::pin(self.clone().handle(message, deadline, permit));
                     let mut cx = TaskContext::from_waker(Waker::noop());
                     if request.as_mut().poll(&mut cx).is_pending() {
                         tokio::spawn(request);
@@ -625,11 +671,21 @@ impl<E: Endpoint> Running<E> {
         }
     }
 
-    async fn handle(self: Arc<Self>, message: Message, permit: OwnedSemaphorePermit) {
+    async fn handle(
+        self: Arc<Self>,
+        message: Message,
+        deadline: Option<Deadline>,
+        permit: OwnedSemaphorePermit,
+    ) {
         let started = Instant::now();
         let reply = self
             .responder
-            .respond(message.subject.as_str(), &message.payload)
+            .respond_with(
+                message.subject.as_str(),
+                &message.payload,
+                message.headers.as_ref(),
+                deadline,
+            )
             .await;
         self.finish(started, message.reply, reply).await;
         drop(permit);

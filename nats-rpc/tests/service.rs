@@ -477,7 +477,7 @@ async fn ping_info_and_stats_answer_on_all_three_subjects() {
     );
     assert_eq!(
         metadata["errors"],
-        "INVALID_JSON,VALIDATION_ERROR,MISSING_FIELD,INTERNAL_ERROR,OVERLOADED,TEAPOT"
+        "INVALID_JSON,VALIDATION_ERROR,MISSING_FIELD,INTERNAL_ERROR,OVERLOADED,TIMEOUT,TEAPOT"
     );
     let names: Vec<&str> = info["endpoints"]
         .as_array()
@@ -694,6 +694,7 @@ async fn exported_schemas_are_the_validated_ones() {
             "MISSING_FIELD",
             "INTERNAL_ERROR",
             "OVERLOADED",
+            "TIMEOUT",
             "TEAPOT"
         ])
     );
@@ -879,7 +880,7 @@ impl nats_rpc::Endpoint for DottedName {
     fn call<'a>(
         _state: &'a State,
         request: Nothing,
-        _subject: nats_rpc::Subject<'a>,
+        _context: nats_rpc::Context<'a>,
     ) -> impl std::future::Future<Output = Result<Nothing, nats_rpc::Error>> + Send + 'a {
         std::future::ready(Ok(request))
     }
@@ -933,7 +934,7 @@ async fn schemas_and_the_asyncapi_document_come_from_the_running_service() {
     }
     assert_eq!(
         echo["metadata"]["errors"],
-        "INVALID_JSON,VALIDATION_ERROR,MISSING_FIELD,INTERNAL_ERROR,OVERLOADED"
+        "INVALID_JSON,VALIDATION_ERROR,MISSING_FIELD,INTERNAL_ERROR,OVERLOADED,TIMEOUT"
     );
     // A reply validates against the schema fetched in-band.
     let reply = f.json("test.echo", br#"{"text":"hi"}"#).await;
@@ -963,4 +964,129 @@ async fn schemas_and_the_asyncapi_document_come_from_the_running_service() {
         document["operations"]["echo"]["bindings"]["nats"]["queue"],
         "q"
     );
+}
+
+/// What a handler taking the request's context sees.
+#[derive(Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+struct Seen {
+    subject: String,
+    auth: Option<String>,
+    budget_ms: Option<u64>,
+    remaining_ms: Option<u64>,
+}
+
+#[nats_rpc(subject = "test.context")]
+async fn context(
+    state: &State,
+    _request: Nothing,
+    context: nats_rpc::Context<'_>,
+) -> Result<Seen, nats_rpc::Error> {
+    state.calls.fetch_add(1, Ordering::SeqCst);
+    Ok(Seen {
+        subject: context.subject().as_str().to_owned(),
+        auth: context.header("authorization").map(str::to_owned),
+        budget_ms: context.deadline().map(|d| d.budget().as_millis() as u64),
+        remaining_ms: context.deadline().map(|d| d.remaining().as_millis() as u64),
+    })
+}
+
+/// Sends `body` to `subject` with `headers`, returns the reply body.
+async fn with_headers(nats: &async_nats::Client, subject: &str, headers: &[(&str, &str)]) -> Value {
+    let mut map = async_nats::HeaderMap::new();
+    for (name, value) in headers {
+        map.insert(*name, *value);
+    }
+    let reply = nats
+        .request_with_headers(subject.to_owned(), map, Bytes::from_static(b"{}"))
+        .await
+        .unwrap();
+    serde_json::from_slice(&reply.payload).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_see_the_subject_headers_and_deadline_of_their_request() {
+    let f = Fixture::start_with(|builder| builder.endpoint::<context>()).await;
+    let seen = with_headers(
+        &f.nats,
+        "test.context",
+        &[("Authorization", "Bearer t"), ("rpc-timeout-ms", "1500")],
+    )
+    .await;
+    assert_eq!(seen["data"]["subject"], "test.context");
+    assert_eq!(
+        seen["data"]["auth"], "Bearer t",
+        "headers match case-insensitively"
+    );
+    assert_eq!(seen["data"]["budget_ms"], 1500);
+    let remaining = seen["data"]["remaining_ms"].as_u64().unwrap();
+    assert!((1000..=1500).contains(&remaining), "{remaining}");
+    // No header, no default: no deadline. A bad header is ignored.
+    for headers in [
+        vec![],
+        vec![("Rpc-Timeout-Ms", "soon")],
+        vec![("Rpc-Timeout-Ms", "0")],
+    ] {
+        let seen = with_headers(&f.nats, "test.context", &headers).await;
+        assert_eq!(seen["data"]["budget_ms"], Value::Null, "{headers:?}");
+    }
+    // The typed client sends its own timeout.
+    let client = nats_rpc::Client::new(f.nats.clone()).with_timeout(Duration::from_millis(2500));
+    let seen = client.call::<context>(&Nothing {}).await.unwrap();
+    assert_eq!(seen.budget_ms, Some(2500));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_default_timeout_covers_requests_without_the_header() {
+    let f = Fixture::start_with(|builder| {
+        builder
+            .endpoint::<context>()
+            .request_timeout(Some(Duration::from_millis(800)))
+    })
+    .await;
+    let seen = with_headers(&f.nats, "test.context", &[]).await;
+    assert_eq!(seen["data"]["budget_ms"], 800);
+    let seen = with_headers(&f.nats, "test.context", &[("Rpc-Timeout-Ms", "200")]).await;
+    assert_eq!(seen["data"]["budget_ms"], 200, "the header wins");
+}
+
+/// A request whose deadline passed before its handler starts is not run: TIMEOUT, naming the
+/// deadline, with status 504, counted in STATS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_past_its_deadline_is_not_run() {
+    let state = Arc::new(State::default());
+    let responder = nats_rpc::Responder::<echo>::new(state.clone()).unwrap();
+    let past = nats_rpc::Deadline::new(
+        Instant::now() - Duration::from_millis(300),
+        Duration::from_millis(250),
+    );
+    let reply = responder
+        .respond_with("test.echo", br#"{"text":"hi"}"#, None, Some(past))
+        .await;
+    assert_eq!(
+        reply.error(),
+        Some((
+            "TIMEOUT",
+            "Request deadline of 250 ms passed before it was handled; nothing was done"
+        ))
+    );
+    assert_eq!(
+        reply
+            .headers()
+            .unwrap()
+            .get("Nats-Service-Error-Code")
+            .unwrap()
+            .as_str(),
+        "504"
+    );
+    assert_eq!(
+        state.calls.load(Ordering::SeqCst),
+        0,
+        "the handler never ran"
+    );
+    let ahead = nats_rpc::Deadline::after(Duration::from_secs(5));
+    let reply = responder
+        .respond_with("test.echo", br#"{"text":"hi"}"#, None, Some(ahead))
+        .await;
+    assert_eq!(reply.error(), None);
+    assert_eq!(state.calls.load(Ordering::SeqCst), 1);
 }

@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use nats_rpc::{ErrorCode, INTERNAL_MESSAGE, RpcError, Subject, codes, nats_rpc};
+use nats_rpc::{Context, Deadline, ErrorCode, INTERNAL_MESSAGE, RpcError, codes, nats_rpc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -188,15 +188,35 @@ pub struct ListReply {
 pub struct KvError(#[from] StoreError);
 
 impl RpcError for KvError {
-    const CATALOGUE: &'static [ErrorCode] = &[codes::INTERNAL_ERROR];
+    const CATALOGUE: &'static [ErrorCode] = &[codes::INTERNAL_ERROR, codes::TIMEOUT];
 
     fn code(&self) -> &str {
-        codes::INTERNAL_ERROR.code
+        storage_code(&self.0)
     }
 
     fn message(&self) -> Cow<'_, str> {
-        Cow::Borrowed(INTERNAL_MESSAGE)
+        storage_message(&self.0)
     }
+}
+
+/// A storage failure's code: `TIMEOUT` when the request's deadline passed first (nothing was
+/// done), else `INTERNAL_ERROR`.
+fn storage_code(err: &StoreError) -> &'static str {
+    match err {
+        StoreError::DeadlinePassed(_) => codes::TIMEOUT.code,
+        _ => codes::INTERNAL_ERROR.code,
+    }
+}
+
+fn storage_message(err: &StoreError) -> Cow<'static, str> {
+    match err {
+        StoreError::DeadlinePassed(deadline) => Cow::Owned(deadline_message(deadline)),
+        _ => Cow::Borrowed(INTERNAL_MESSAGE),
+    }
+}
+
+fn deadline_message(deadline: &Deadline) -> String {
+    deadline.error().message().into_owned()
 }
 
 /// What can go wrong in set once the request is valid.
@@ -211,13 +231,14 @@ pub enum SetError {
 }
 
 impl RpcError for SetError {
-    const CATALOGUE: &'static [ErrorCode] = &[VALUE_TOO_LARGE, codes::INTERNAL_ERROR];
+    const CATALOGUE: &'static [ErrorCode] =
+        &[VALUE_TOO_LARGE, codes::INTERNAL_ERROR, codes::TIMEOUT];
 
     fn code(&self) -> &str {
         match self {
             SetError::TooDeep { .. } => codes::VALIDATION_ERROR.code,
             SetError::ValueTooLarge { .. } => VALUE_TOO_LARGE.code,
-            SetError::Storage(_) => codes::INTERNAL_ERROR.code,
+            SetError::Storage(err) => storage_code(err),
         }
     }
 
@@ -229,7 +250,7 @@ impl RpcError for SetError {
             SetError::ValueTooLarge { size } => Cow::Owned(format!(
                 "Value size ({size} bytes) exceeds 64KB limit ({MAX_VALUE_BYTES} bytes)"
             )),
-            SetError::Storage(_) => Cow::Borrowed(INTERNAL_MESSAGE),
+            SetError::Storage(err) => storage_message(err),
         }
     }
 }
@@ -289,30 +310,77 @@ impl<E: RpcError> RpcError for PluginError<E> {
     }
 }
 
+// Every handler takes the request's context for its deadline: a write not yet committed when
+// it passes is dropped (TIMEOUT, nothing done), a read is abandoned.
+
 #[nats_rpc(subject = "rosey.db.kv.set")]
-pub async fn set(store: &Store, request: SetRequest) -> Result<SetReply, SetError> {
+pub async fn set(
+    store: &Store,
+    request: SetRequest,
+    context: Context<'_>,
+) -> Result<SetReply, SetError> {
     let SetRequest {
         plugin_name,
         key,
         value,
         ttl_seconds,
     } = request;
-    put(store, plugin_name, key, value, ttl_seconds).await
+    put(
+        store,
+        plugin_name,
+        key,
+        value,
+        ttl_seconds,
+        context.deadline(),
+    )
+    .await
 }
 
 #[nats_rpc(subject = "rosey.db.kv.get")]
-pub async fn get(store: &Store, request: GetRequest) -> Result<GetReply, KvError> {
-    read(store, &request.plugin_name, &request.key).await
+pub async fn get(
+    store: &Store,
+    request: GetRequest,
+    context: Context<'_>,
+) -> Result<GetReply, KvError> {
+    read(
+        store,
+        &request.plugin_name,
+        &request.key,
+        context.deadline(),
+    )
+    .await
 }
 
 #[nats_rpc(subject = "rosey.db.kv.delete")]
-pub async fn delete(store: &Store, request: DeleteRequest) -> Result<DeleteReply, KvError> {
-    remove(store, &request.plugin_name, &request.key).await
+pub async fn delete(
+    store: &Store,
+    request: DeleteRequest,
+    context: Context<'_>,
+) -> Result<DeleteReply, KvError> {
+    remove(
+        store,
+        &request.plugin_name,
+        &request.key,
+        context.deadline(),
+    )
+    .await
 }
 
 #[nats_rpc(subject = "rosey.db.kv.list")]
-pub async fn list(store: &Store, request: ListRequest) -> Result<ListReply, KvError> {
-    scan(store, &request.plugin_name, request.prefix, request.limit).await
+pub async fn list(
+    store: &Store,
+    request: ListRequest,
+    context: Context<'_>,
+) -> Result<ListReply, KvError> {
+    let deadline = context.deadline();
+    scan(
+        store,
+        &request.plugin_name,
+        request.prefix,
+        request.limit,
+        deadline,
+    )
+    .await
 }
 
 /// Per-plugin subjects (`rosey.db.kv.<plugin_name>.<op>`, served with `--plugin-subjects`): the
@@ -323,15 +391,17 @@ pub async fn list(store: &Store, request: ListRequest) -> Result<ListReply, KvEr
 pub async fn plugin_set(
     store: &Store,
     request: PluginSetRequest,
-    subject: Subject<'_>,
+    context: Context<'_>,
 ) -> Result<SetReply, PluginError<SetError>> {
-    let plugin = plugin_of(subject, request.plugin_name)?;
+    let plugin = plugin_of(context, request.plugin_name)?;
+    let deadline = context.deadline();
     Ok(put(
         store,
         plugin,
         request.key,
         request.value,
         request.ttl_seconds,
+        deadline,
     )
     .await?)
 }
@@ -341,10 +411,10 @@ pub async fn plugin_set(
 pub async fn plugin_get(
     store: &Store,
     request: PluginKeyRequest,
-    subject: Subject<'_>,
+    context: Context<'_>,
 ) -> Result<GetReply, PluginError<KvError>> {
-    let plugin = plugin_of(subject, request.plugin_name)?;
-    Ok(read(store, &plugin, &request.key).await?)
+    let plugin = plugin_of(context, request.plugin_name)?;
+    Ok(read(store, &plugin, &request.key, context.deadline()).await?)
 }
 
 /// `rosey.db.kv.<plugin_name>.delete`; see [`plugin_set`].
@@ -352,10 +422,10 @@ pub async fn plugin_get(
 pub async fn plugin_delete(
     store: &Store,
     request: PluginKeyRequest,
-    subject: Subject<'_>,
+    context: Context<'_>,
 ) -> Result<DeleteReply, PluginError<KvError>> {
-    let plugin = plugin_of(subject, request.plugin_name)?;
-    Ok(remove(store, &plugin, &request.key).await?)
+    let plugin = plugin_of(context, request.plugin_name)?;
+    Ok(remove(store, &plugin, &request.key, context.deadline()).await?)
 }
 
 /// `rosey.db.kv.<plugin_name>.list`; see [`plugin_set`].
@@ -363,10 +433,11 @@ pub async fn plugin_delete(
 pub async fn plugin_list(
     store: &Store,
     request: PluginListRequest,
-    subject: Subject<'_>,
+    context: Context<'_>,
 ) -> Result<ListReply, PluginError<KvError>> {
-    let plugin = plugin_of(subject, request.plugin_name)?;
-    Ok(scan(store, &plugin, request.prefix, request.limit).await?)
+    let plugin = plugin_of(context, request.plugin_name)?;
+    let deadline = context.deadline();
+    Ok(scan(store, &plugin, request.prefix, request.limit, deadline).await?)
 }
 
 async fn put(
@@ -375,6 +446,7 @@ async fn put(
     key: String,
     value: Box<RawValue>,
     ttl_seconds: Option<u32>,
+    deadline: Option<Deadline>,
 ) -> Result<SetReply, SetError> {
     if let Some(depth) = too_deep(value.get()) {
         return Err(SetError::TooDeep { depth });
@@ -393,20 +465,32 @@ async fn put(
     if size > MAX_VALUE_BYTES {
         return Err(SetError::ValueTooLarge { size });
     }
-    store.set(plugin_name, key, value, ttl_seconds).await?;
+    store
+        .set_within(plugin_name, key, value, ttl_seconds, deadline)
+        .await?;
     Ok(SetReply {})
 }
 
-async fn read(store: &Store, plugin_name: &str, key: &str) -> Result<GetReply, KvError> {
-    let value = store.get(plugin_name, key).await?;
+async fn read(
+    store: &Store,
+    plugin_name: &str,
+    key: &str,
+    deadline: Option<Deadline>,
+) -> Result<GetReply, KvError> {
+    let value = store.get_within(plugin_name, key, deadline).await?;
     Ok(GetReply {
         exists: value.is_some(),
         value,
     })
 }
 
-async fn remove(store: &Store, plugin_name: &str, key: &str) -> Result<DeleteReply, KvError> {
-    let deleted = store.delete(plugin_name, key).await?;
+async fn remove(
+    store: &Store,
+    plugin_name: &str,
+    key: &str,
+    deadline: Option<Deadline>,
+) -> Result<DeleteReply, KvError> {
+    let deleted = store.delete_within(plugin_name, key, deadline).await?;
     Ok(DeleteReply { deleted })
 }
 
@@ -415,10 +499,12 @@ async fn scan(
     plugin_name: &str,
     prefix: Option<String>,
     limit: Option<u32>,
+    deadline: Option<Deadline>,
 ) -> Result<ListReply, KvError> {
     let prefix = prefix.as_deref().unwrap_or("");
+    let limit = limit.unwrap_or(DEFAULT_LIMIT);
     let listing = store
-        .list(plugin_name, prefix, limit.unwrap_or(DEFAULT_LIMIT))
+        .list_within(plugin_name, prefix, limit, deadline)
         .await?;
     Ok(ListReply {
         count: listing.keys.len(),
@@ -428,8 +514,8 @@ async fn scan(
 }
 
 /// The plugin a per-plugin subject names, checked against the payload's `plugin_name`, if any.
-fn plugin_of(subject: Subject<'_>, named: Option<String>) -> Result<String, ScopeError> {
-    let token = subject.wildcard(0).unwrap_or_default();
+fn plugin_of(context: Context<'_>, named: Option<String>) -> Result<String, ScopeError> {
+    let token = context.subject().wildcard(0).unwrap_or_default();
     if !is_plugin_name(token) {
         return Err(ScopeError::InvalidSubject);
     }

@@ -73,6 +73,11 @@ pub struct ServeConfig {
     /// Commit with synchronous=FULL (survives power loss) instead of NORMAL (survives crashes).
     #[arg(long, env = "SYNCHRONOUS_FULL")]
     pub synchronous_full: bool,
+    /// Milliseconds a request without an `Rpc-Timeout-Ms` header is worth answering: past it,
+    /// one not yet started (or a write not yet committed) gets TIMEOUT and nothing is done.
+    /// Default: such requests have no deadline.
+    #[arg(long = "request-timeout-ms", env = "REQUEST_TIMEOUT_MS", value_parser = parse_millis)]
+    pub request_timeout: Option<Duration>,
     /// Requests handled at once; past it clients get OVERLOADED at once.
     #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = nats_rpc::DEFAULT_MAX_IN_FLIGHT)]
     pub max_in_flight: usize,

@@ -66,6 +66,7 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()>) -> 
         .description(DESCRIPTION)
         .queue_group(config.queue_group.clone())
         .max_in_flight(config.max_in_flight)
+        .request_timeout(config.request_timeout)
         .endpoint::<api::set>()
         .endpoint::<api::get>()
         .endpoint::<api::delete>()

@@ -205,3 +205,138 @@ async fn a_locked_database_answers_internal_error_and_recovers_when_released() {
         json!({"success": true, "data": {"keys": ["after", "before"], "count": 2, "truncated": false}})
     );
 }
+
+/// Holds the service's SQLite write lock from another process until dropped.
+struct Locker(sqlx::SqliteConnection);
+
+impl Locker {
+    async fn lock(path: &std::path::Path) -> Locker {
+        use sqlx::ConnectOptions;
+        let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(path)
+            .connect()
+            .await
+            .unwrap();
+        sqlx::query("BEGIN EXCLUSIVE")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        Locker(conn)
+    }
+
+    async fn release(mut self) {
+        use sqlx::Connection;
+        sqlx::query("ROLLBACK").execute(&mut self.0).await.unwrap();
+        self.0.close().await.unwrap();
+    }
+}
+
+/// A set with `Rpc-Timeout-Ms: timeout_ms` (none if `None`), and when its reply came.
+async fn timed_set(
+    client: &async_nats::Client,
+    key: &str,
+    timeout_ms: Option<u64>,
+) -> (Value, Duration) {
+    let mut headers = async_nats::HeaderMap::new();
+    if let Some(ms) = timeout_ms {
+        headers.insert("Rpc-Timeout-Ms", ms.to_string().as_str());
+    }
+    let body = json!({"plugin_name": "p", "key": key, "value": key}).to_string();
+    let started = Instant::now();
+    let reply = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.request_with_headers("rosey.db.kv.set", headers, body.into()),
+    )
+    .await
+    .expect("a reply")
+    .unwrap();
+    (
+        serde_json::from_slice(&reply.payload).unwrap(),
+        started.elapsed(),
+    )
+}
+
+fn timeout_reply(ms: u64) -> Value {
+    json!({"success": false, "error": {"code": "TIMEOUT", "message": format!(
+        "Request deadline of {ms} ms passed before it was handled; nothing was done"
+    )}})
+}
+
+/// Writes queued behind a stuck commit: one whose deadline passes while it waits is never
+/// applied and answers TIMEOUT; one whose commit already started is reported committed, late
+/// as it is. The header sets the deadline, or the service's default (`REQUEST_TIMEOUT_MS`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_not_committed_by_its_deadline_is_dropped_and_a_committed_one_is_success() {
+    let nats = NatsServer::start();
+    let service = Running::start_in(
+        &nats.url(),
+        tempfile::tempdir().unwrap(),
+        &[("REQUEST_TIMEOUT_MS", "400")],
+    );
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    ready(&client).await;
+    let path = service.dir.path().join("kv.db");
+
+    // The writer is stuck on the lock (up to its 2 s busy timeout) with `first`.
+    let locker = Locker::lock(&path).await;
+    let first = tokio::spawn({
+        let client = client.clone();
+        async move { timed_set(&client, "first", None).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (queued, with_header) = tokio::join!(
+        timed_set(&client, "queued", Some(300)),
+        timed_set(&client, "defaulted", None),
+    );
+    println!(
+        "behind a stuck commit: {:?} after {:?}; {:?} after {:?}",
+        queued.0, queued.1, with_header.0, with_header.1
+    );
+    assert_eq!(queued.0, timeout_reply(300));
+    assert_eq!(with_header.0, timeout_reply(400), "the service default");
+    let (first, _) = first.await.unwrap();
+    assert_eq!(
+        first["error"]["code"], "INTERNAL_ERROR",
+        "the lock outlived the busy timeout"
+    );
+    locker.release().await;
+    for key in ["queued", "defaulted"] {
+        assert_eq!(
+            call(&client, "get", json!({"plugin_name": "p", "key": key})).await,
+            json!({"success": true, "data": {"exists": false}}),
+            "{key}: nothing was done"
+        );
+    }
+
+    // Taken by the writer in time, committed after its deadline: success, and there.
+    let locker = Locker::lock(&path).await;
+    let late = tokio::spawn({
+        let client = client.clone();
+        async move { timed_set(&client, "late", Some(300)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    locker.release().await;
+    let (reply, took) = late.await.unwrap();
+    println!("committed after its 300 ms deadline: {reply} after {took:?}");
+    assert_eq!(reply, json!({"success": true, "data": {}}));
+    assert!(took > Duration::from_millis(300), "{took:?}");
+    assert_eq!(
+        call(&client, "get", json!({"plugin_name": "p", "key": "late"})).await,
+        json!({"success": true, "data": {"exists": true, "value": "late"}})
+    );
+
+    // STATS count them as errors.
+    let stats = client
+        .request("$SRV.STATS.kv-service", "".into())
+        .await
+        .unwrap();
+    let stats: Value = serde_json::from_slice(&stats.payload).unwrap();
+    let set = stats["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|endpoint| endpoint["name"] == "set")
+        .unwrap()
+        .clone();
+    assert_eq!(set["num_errors"], 3, "{set}");
+}

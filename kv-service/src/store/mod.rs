@@ -128,6 +128,9 @@ pub enum StoreError {
     InUse { path: String },
     #[error("the database gave no answer within {0:?}")]
     Timeout(Duration),
+    /// The request's deadline passed first: nothing was done.
+    #[error("the request's deadline ({:?}) passed before the store got to it", .0.budget())]
+    DeadlinePassed(nats_rpc::Deadline),
     #[error("no connection to the database: {0}")]
     Unavailable(Arc<StoreError>),
     #[error(
@@ -227,30 +230,69 @@ impl Store {
         value: Value,
         ttl_seconds: Option<u32>,
     ) -> Result<(), StoreError> {
+        self.set_within(plugin, key, value, ttl_seconds, None).await
+    }
+
+    /// [`Store::set`], given up (`DeadlinePassed`, nothing written) if its commit has not
+    /// started by `deadline`; a commit that started is reported, however late.
+    pub async fn set_within(
+        &self,
+        plugin: impl Into<String>,
+        key: impl Into<String>,
+        value: Value,
+        ttl_seconds: Option<u32>,
+        deadline: Option<nats_rpc::Deadline>,
+    ) -> Result<(), StoreError> {
         let write = writer::Write::Set {
             plugin: plugin.into(),
             key: key.into(),
             value,
             ttl_seconds,
         };
-        self.writer().write(write).await.map(drop)
+        self.writer().write_within(write, deadline).await.map(drop)
     }
 
     /// Removes a live key; `true` if there was one. Returns once committed.
     pub async fn delete(&self, plugin: &str, key: &str) -> Result<bool, StoreError> {
+        self.delete_within(plugin, key, None).await
+    }
+
+    /// [`Store::delete`], given up as [`Store::set_within`] is.
+    pub async fn delete_within(
+        &self,
+        plugin: &str,
+        key: &str,
+        deadline: Option<nats_rpc::Deadline>,
+    ) -> Result<bool, StoreError> {
         let write = writer::Write::Delete {
             plugin: plugin.to_owned(),
             key: key.to_owned(),
         };
-        self.writer().write(write).await.map(|deleted| deleted > 0)
+        self.writer()
+            .write_within(write, deadline)
+            .await
+            .map(|deleted| deleted > 0)
     }
 
     /// The value of a live key.
     pub async fn get(&self, plugin: &str, key: &str) -> Result<Option<Value>, StoreError> {
-        match &self.backend {
-            Backends::Sqlite(store) => store.get(plugin, key).await,
-            Backends::Postgres(store) => store.get(plugin, key).await,
-        }
+        self.get_within(plugin, key, None).await
+    }
+
+    /// [`Store::get`], abandoned (`DeadlinePassed`) at `deadline`.
+    pub async fn get_within(
+        &self,
+        plugin: &str,
+        key: &str,
+        deadline: Option<nats_rpc::Deadline>,
+    ) -> Result<Option<Value>, StoreError> {
+        let read = async {
+            match &self.backend {
+                Backends::Sqlite(store) => store.get(plugin, key).await,
+                Backends::Postgres(store) => store.get(plugin, key).await,
+            }
+        };
+        within(deadline, read).await
     }
 
     /// Live keys starting with `prefix` (literally, bytewise), in byte order, at most `limit`.
@@ -260,10 +302,24 @@ impl Store {
         prefix: &str,
         limit: u32,
     ) -> Result<Listing, StoreError> {
-        match &self.backend {
-            Backends::Sqlite(store) => store.list(plugin, prefix, limit).await,
-            Backends::Postgres(store) => store.list(plugin, prefix, limit).await,
-        }
+        self.list_within(plugin, prefix, limit, None).await
+    }
+
+    /// [`Store::list`], abandoned (`DeadlinePassed`) at `deadline`.
+    pub async fn list_within(
+        &self,
+        plugin: &str,
+        prefix: &str,
+        limit: u32,
+        deadline: Option<nats_rpc::Deadline>,
+    ) -> Result<Listing, StoreError> {
+        let read = async {
+            match &self.backend {
+                Backends::Sqlite(store) => store.list(plugin, prefix, limit).await,
+                Backends::Postgres(store) => store.list(plugin, prefix, limit).await,
+            }
+        };
+        within(deadline, read).await
     }
 
     /// Deletes every expired row, a bounded chunk per commit so writes keep flowing meanwhile.
@@ -318,6 +374,19 @@ impl Store {
             Backends::Sqlite(store) => &store.writer,
             Backends::Postgres(store) => &store.writer,
         }
+    }
+}
+
+/// Runs a read, dropping it (a read can always be abandoned) once `deadline` passes.
+async fn within<T>(
+    deadline: Option<nats_rpc::Deadline>,
+    read: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    match deadline {
+        None => read.await,
+        Some(deadline) => tokio::time::timeout_at(deadline.at().into(), read)
+            .await
+            .unwrap_or(Err(StoreError::DeadlinePassed(deadline))),
     }
 }
 

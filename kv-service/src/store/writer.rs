@@ -8,6 +8,8 @@ use std::future::Future;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use nats_rpc::Deadline;
+
 use super::{Row, StoreError, Value};
 
 /// Most writes handed to a backend at once.
@@ -63,6 +65,8 @@ pub(crate) trait Commit: Send + 'static {
 
 struct Command {
     write: Write,
+    /// Past it, the write is not committed: its caller has given up.
+    deadline: Option<Deadline>,
     done: oneshot::Sender<Result<Applied, StoreError>>,
 }
 
@@ -84,9 +88,23 @@ impl Writer {
 
     /// Queues `write` and waits for its commit.
     pub(crate) async fn write(&self, write: Write) -> Result<Applied, StoreError> {
+        self.write_within(write, None).await
+    }
+
+    /// Queues `write`, to be committed only if its batch starts before `deadline`; once
+    /// committed, it is reported committed, however late.
+    pub(crate) async fn write_within(
+        &self,
+        write: Write,
+        deadline: Option<Deadline>,
+    ) -> Result<Applied, StoreError> {
         let (done, outcome) = oneshot::channel();
         self.queue
-            .send(Command { write, done })
+            .send(Command {
+                write,
+                deadline,
+                done,
+            })
             .await
             .map_err(|_| StoreError::Closed)?;
         outcome.await.map_err(|_| StoreError::Closed)?
@@ -110,6 +128,20 @@ async fn run(mut committer: impl Commit, mut queue: mpsc::Receiver<Command>) {
                 Ok(command) => batch.push(command),
                 Err(_) => break,
             }
+        }
+        // Writes whose callers have given up are answered now and never committed: under
+        // overload they would only delay the writes still wanted.
+        batch.retain_mut(|command| match command.deadline {
+            Some(deadline) if deadline.passed() => {
+                let (done, _) = oneshot::channel();
+                let done = std::mem::replace(&mut command.done, done);
+                let _ = done.send(Err(StoreError::DeadlinePassed(deadline)));
+                false
+            }
+            _ => true,
+        });
+        if batch.is_empty() {
+            continue;
         }
         let started = std::time::Instant::now();
         let writes: Vec<&Write> = batch.iter().map(|command| &command.write).collect();

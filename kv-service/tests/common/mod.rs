@@ -59,6 +59,7 @@ impl Harness {
             purge_interval: Duration::from_secs(300),
             synchronous_full: false,
             max_in_flight: nats_rpc::DEFAULT_MAX_IN_FLIGHT,
+            request_timeout: None,
             mirror_mb: 48,
             read_connections: 2,
             statement_timeout: Duration::from_secs(5),

@@ -113,6 +113,7 @@ impl Client {
             crate::endpoint::TIMEOUT_HEADER,
             self.timeout.as_millis().max(1).to_string().as_str(),
         );
+        crate::telemetry::outgoing_traceparent(&mut headers);
         let reply = self
             .nats
             .send_request(

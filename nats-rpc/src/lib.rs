@@ -72,6 +72,7 @@ mod micro;
 mod schema;
 mod service;
 mod stats;
+pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -92,7 +93,7 @@ pub use service::{
     DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_IN_FLIGHT, DEFAULT_QUEUE_GROUP, DrainTimeout, Reply,
     Responder, SUBSCRIPTION_CAPACITY, ServeError, Service, ServiceBuilder, connect_options,
 };
-pub use stats::StatsSnapshot;
+pub use stats::{LATENCY_WINDOW, Latency, StatsSnapshot};
 
 /// Turns an `async fn` into a NATS endpoint.
 ///

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::error::ErrorCode;
 use crate::schema::EndpointSchemas;
-use crate::stats::EndpointStats;
+use crate::stats::{EndpointStats, LATENCY_WINDOW};
 
 /// Header carrying an error reply's message (ADR-32).
 pub const ERROR_HEADER: &str = "Nats-Service-Error";
@@ -132,6 +132,7 @@ impl ServiceInfo {
             .zip(stats)
             .map(|(endpoint, stats)| {
                 let snapshot = stats.snapshot();
+                let latency = snapshot.latency;
                 json!({
                     "name": endpoint.name,
                     "subject": endpoint.subject,
@@ -139,8 +140,20 @@ impl ServiceInfo {
                     "num_requests": snapshot.num_requests,
                     "num_errors": snapshot.num_errors,
                     "last_error": snapshot.last_error,
-                    "processing_time": u64::try_from(snapshot.processing_time.as_nanos()).unwrap_or(u64::MAX),
-                    "average_processing_time": u64::try_from(snapshot.average_processing_time.as_nanos()).unwrap_or(u64::MAX),
+                    "processing_time": nanos(snapshot.processing_time),
+                    "average_processing_time": nanos(snapshot.average_processing_time),
+                    // Beyond ADR-32's counters: processing-time percentiles (nanoseconds, like
+                    // `processing_time`) of the requests of the last `window_seconds`.
+                    "data": {
+                        "latency": {
+                            "window_seconds": LATENCY_WINDOW.as_secs(),
+                            "count": latency.count,
+                            "p50": nanos(latency.p50),
+                            "p90": nanos(latency.p90),
+                            "p99": nanos(latency.p99),
+                            "max": nanos(latency.max),
+                        }
+                    },
                 })
             })
             .collect();
@@ -154,6 +167,10 @@ impl ServiceInfo {
             "endpoints": endpoints,
         }))
     }
+}
+
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
 fn render(body: &Value) -> bytes::Bytes {

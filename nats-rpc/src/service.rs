@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use async_nats::{HeaderMap, Message, Subscriber};
 use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
+use tracing::Instrument;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinHandle;
 
@@ -21,6 +22,7 @@ use crate::error::{ErrorCode, INTERNAL_MESSAGE, RpcError, codes};
 use crate::micro::{self, EndpointInfo, ServiceInfo};
 use crate::schema::{EndpointSchemas, RequestValidator, SchemaError};
 use crate::stats::{EndpointStats, StatsSnapshot};
+use crate::telemetry::{self, EndpointMetrics};
 
 /// Default queue group: every instance of a service joins it, so NATS spreads requests.
 pub const DEFAULT_QUEUE_GROUP: &str = "q";
@@ -246,8 +248,11 @@ impl<S: Send + Sync + 'static> ServiceBuilder<S> {
             schemas: EndpointSchemas::of::<E>(),
         };
         let endpoint_stats = stats.clone();
+        let codes = info.schemas.errors.clone();
         let start: Starter<S> = Box::new(move |context: Shared<S>| {
             Box::pin(async move {
+                // Registered here, at `serve`: after the application installed its recorder.
+                let metrics = EndpointMetrics::new(E::NAME, &codes);
                 let subscriber = context
                     .client
                     .queue_subscribe(E::SUBJECT, context.queue_group.clone())
@@ -261,6 +266,8 @@ impl<S: Send + Sync + 'static> ServiceBuilder<S> {
                         validator,
                     },
                     stats: endpoint_stats,
+                    metrics,
+                    span_name: format!("process {}", E::SUBJECT),
                     permits: context.permits,
                     max_in_flight: context.max_in_flight,
                 });
@@ -317,6 +324,7 @@ impl<S: Send + Sync + 'static> ServiceBuilder<S> {
         state: impl Into<Arc<S>>,
     ) -> Result<Service, ServeError> {
         self.check()?;
+        telemetry::describe();
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let permits = Arc::new(Semaphore::new(self.max_in_flight));
         let state = state.into();
@@ -493,12 +501,21 @@ impl<E: Endpoint> Responder<E> {
         headers: Option<&HeaderMap>,
         deadline: Option<Deadline>,
     ) -> Reply {
-        if let Some(deadline) = deadline
-            && deadline.passed()
-        {
-            let err = deadline.error();
-            return Reply::failure(&codes::TIMEOUT, err.message().into_owned());
+        match expired(deadline) {
+            Some(reply) => reply,
+            None => self.run(subject, payload, headers, deadline).await,
         }
+    }
+
+    /// Runs the request (its deadline already checked), turning a panic into
+    /// `INTERNAL_ERROR`.
+    async fn run(
+        &self,
+        subject: &str,
+        payload: &[u8],
+        headers: Option<&HeaderMap>,
+        deadline: Option<Deadline>,
+    ) -> Reply {
         AssertUnwindSafe(self.process(subject, payload, headers, deadline))
             .catch_unwind()
             .await
@@ -551,6 +568,13 @@ impl<E: Endpoint> Responder<E> {
     }
 }
 
+/// The `TIMEOUT` reply for a request whose deadline has passed.
+fn expired(deadline: Option<Deadline>) -> Option<Reply> {
+    let deadline = deadline.filter(Deadline::passed)?;
+    let err = deadline.error();
+    Some(Reply::failure(&codes::TIMEOUT, err.message().into_owned()))
+}
+
 /// The one reply to a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
@@ -600,6 +624,14 @@ impl Reply {
         }
     }
 
+    /// `(code, status)` of an error reply.
+    fn code(&self) -> Option<(&str, u16)> {
+        match self {
+            Reply::Success(_) => None,
+            Reply::Failure { code, status, .. } => Some((code, *status)),
+        }
+    }
+
     /// `(code, message)` of an error reply.
     pub fn error(&self) -> Option<(&str, &str)> {
         match self {
@@ -616,6 +648,9 @@ struct Running<E: Endpoint> {
     /// The timeout of requests without a timeout header.
     default_timeout: Option<Duration>,
     stats: Arc<EndpointStats>,
+    metrics: EndpointMetrics,
+    /// The request span's `otel.name`: `process <subject template>`.
+    span_name: String,
     permits: Arc<Semaphore>,
     max_in_flight: usize,
 }
@@ -678,16 +713,36 @@ impl<E: Endpoint> Running<E> {
         permit: OwnedSemaphorePermit,
     ) {
         let started = Instant::now();
-        let reply = self
-            .responder
-            .respond_with(
-                message.subject.as_str(),
-                &message.payload,
-                message.headers.as_ref(),
-                deadline,
-            )
+        let span = telemetry::request_span(
+            &self.span_name,
+            E::NAME,
+            E::SUBJECT,
+            message.subject.as_str(),
+            message.headers.as_ref(),
+        );
+        self.metrics.in_flight.increment(1);
+        let reply = match expired(deadline) {
+            Some(reply) => {
+                self.metrics.expired.increment(1);
+                reply
+            }
+            None => {
+                self.responder
+                    .run(
+                        message.subject.as_str(),
+                        &message.payload,
+                        message.headers.as_ref(),
+                        deadline,
+                    )
+                    .instrument(span.clone())
+                    .await
+            }
+        };
+        telemetry::record_outcome(&span, reply.code());
+        self.finish(started, message.reply, reply)
+            .instrument(span)
             .await;
-        self.finish(started, message.reply, reply).await;
+        self.metrics.in_flight.decrement(1);
         drop(permit);
     }
 
@@ -699,11 +754,15 @@ impl<E: Endpoint> Running<E> {
                 self.max_in_flight
             ),
         );
+        self.metrics.overloaded.increment(1);
         self.finish(Instant::now(), message.reply, reply).await;
     }
 
     async fn finish(&self, started: Instant, to: Option<async_nats::Subject>, reply: Reply) {
-        self.stats.record(started.elapsed(), reply.error());
+        let elapsed = started.elapsed();
+        self.stats.record(elapsed, reply.error());
+        self.metrics.answered(reply.code().map(|(code, _)| code));
+        self.metrics.duration.record(elapsed.as_secs_f64());
         let Some(to) = to else {
             tracing::debug!(endpoint = E::NAME, "request without a reply subject");
             return;

@@ -515,6 +515,36 @@ async fn stats_count_requests_and_error_envelopes() {
     // The handle reports the same counters.
     let local = f.service.as_ref().unwrap().stats();
     assert_eq!((local[0].1.num_requests, local[0].1.num_errors), (3, 2));
+    assert_eq!(local[0].1.latency.count, 3);
+}
+
+/// `$SRV.STATS` endpoint `data.latency`: p50/p90/p99/max processing time (ns) over the last
+/// minute: nine fast requests and one slow one put p50 near the fast ones and p99/max at the
+/// slow one.
+#[tokio::test]
+async fn stats_report_latency_percentiles() {
+    let f = Fixture::start().await;
+    for millis in [20, 20, 20, 20, 20, 20, 20, 20, 20, 300] {
+        let body = format!(r#"{{"millis":{millis}}}"#);
+        f.json("test.slow", body.as_bytes()).await;
+    }
+    let stats = f.json("$SRV.STATS.tester", b"").await;
+    let slow = stats["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "slow")
+        .unwrap();
+    let latency = &slow["data"]["latency"];
+    assert_eq!(latency["window_seconds"], 60);
+    assert_eq!(latency["count"], 10);
+    let ms = |key: &str| latency[key].as_u64().unwrap() as f64 / 1e6;
+    assert!((19.0..100.0).contains(&ms("p50")), "{latency}");
+    assert!((19.0..100.0).contains(&ms("p90")), "{latency}");
+    assert!((297.0..600.0).contains(&ms("p99")), "{latency}");
+    assert!((297.0..600.0).contains(&ms("max")), "{latency}");
+    // The echo endpoint had no traffic: an empty window.
+    assert_eq!(stats["endpoints"][0]["data"]["latency"]["count"], 0);
 }
 
 #[tokio::test]

@@ -114,6 +114,11 @@ pub struct ServeConfig {
     /// subject, so NATS permissions can confine each plugin to its own keys.
     #[arg(long, env = "PLUGIN_SUBJECTS")]
     pub plugin_subjects: bool,
+    /// Serve Prometheus metrics on http://ADDR/metrics and a health probe on /healthz (200 when
+    /// NATS is connected and the database takes writes, else 503 with the reason), e.g.
+    /// `0.0.0.0:9090`. Default: off.
+    #[arg(long, env = "METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// How kv-service proves who it is to NATS; any combination the server asks for.

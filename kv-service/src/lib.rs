@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod config;
+pub mod ops;
 pub mod peers;
 pub mod store;
 #[cfg(feature = "testing")]
@@ -30,6 +31,16 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(8);
 /// same subjects, serves the endpoints until `shutdown` completes, then drains: in-flight
 /// requests are answered and queued writes committed before it returns.
 pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    // First: the recorder must exist before the store and the endpoints register their metrics,
+    // and a taken metrics port should fail the start before anything else happens.
+    let ops = match config.metrics_addr {
+        Some(addr) => {
+            let ops = ops::Ops::new(ops::recorder()?);
+            let server = AbortOnDrop(ops::spawn(addr, ops.clone()).await?);
+            Some((ops, server))
+        }
+        None => None,
+    };
     let database = redact_url(&config.database_url);
     let store = Store::open(&config.store_options())
         .await
@@ -88,6 +99,9 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()>) -> 
             return Err(err.into());
         }
     };
+    if let Some((ops, _)) = &ops {
+        ops.serving(nats.clone(), &store);
+    }
     tracing::info!(
         subjects = %subjects.join(" "),
         nats = %redact_url(&config.nats_url),
@@ -101,6 +115,9 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()>) -> 
     let watcher = tokio::spawn(peers::watch(nats.clone(), mine, service.id().to_owned()));
     shutdown.await;
     tracing::info!("shutting down: draining in-flight requests");
+    if let Some((ops, _)) = &ops {
+        ops.draining();
+    }
     watcher.abort();
     if let Err(err) = service.shutdown().await {
         tracing::warn!(%err, "drain incomplete");
@@ -114,9 +131,19 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()>) -> 
         Ok(Err(err)) => tracing::debug!(%err, "closing the NATS connection"),
         Err(_) => tracing::warn!("NATS did not confirm the last replies in time"),
     }
+    drop(ops);
     close_store(store).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Aborts a background task when dropped, on every path out of [`serve`].
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Keys moved per page by [`copy`].

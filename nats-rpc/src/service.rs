@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use async_nats::{HeaderMap, Message, Subscriber};
 use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
-use tracing::Instrument;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::endpoint::{Context, Deadline, Endpoint};
 use crate::envelope;

@@ -112,8 +112,9 @@ struct LatencyWindow {
 
 impl LatencyWindow {
     fn new(now: Instant) -> Self {
-        let slot = Histogram::new_with_bounds(LATENCY_LOW_NANOS, LATENCY_HIGH_NANOS, LATENCY_DIGITS)
-            .expect("constant histogram bounds are valid");
+        let slot =
+            Histogram::new_with_bounds(LATENCY_LOW_NANOS, LATENCY_HIGH_NANOS, LATENCY_DIGITS)
+                .expect("constant histogram bounds are valid");
         LatencyWindow {
             slots: vec![slot; LATENCY_SLOTS],
             current: 0,
@@ -123,8 +124,8 @@ impl LatencyWindow {
 
     /// Moves the window to `now`, clearing the slots whose step has left it.
     fn advance(&mut self, now: Instant) {
-        let steps = now.saturating_duration_since(self.current_began).as_nanos()
-            / LATENCY_STEP.as_nanos();
+        let steps =
+            now.saturating_duration_since(self.current_began).as_nanos() / LATENCY_STEP.as_nanos();
         if steps == 0 {
             return;
         }
@@ -183,7 +184,10 @@ mod tests {
         let near = |got: Duration, want_ms: u64| {
             let want = want_ms as f64;
             let got = got.as_secs_f64() * 1000.0;
-            assert!((got - want).abs() <= want * 0.01, "{got} ms, want {want} ms ±1%");
+            assert!(
+                (got - want).abs() <= want * 0.01,
+                "{got} ms, want {want} ms ±1%"
+            );
         };
         near(latency.p50, 500);
         near(latency.p90, 900);

@@ -169,9 +169,7 @@ pub(crate) struct EndpointMetrics {
 impl EndpointMetrics {
     /// Handles for `endpoint`, with a counter for each code it can reply with.
     pub(crate) fn new(endpoint: &'static str, codes: &[ErrorCode]) -> Self {
-        let requests = |code: &'static str| {
-            metrics::counter!(REQUESTS_METRIC, "endpoint" => endpoint, "code" => code)
-        };
+        let requests = |code: &'static str| metrics::counter!(REQUESTS_METRIC, "endpoint" => endpoint, "code" => code);
         EndpointMetrics {
             endpoint,
             ok: requests("OK"),
@@ -285,7 +283,10 @@ mod tests {
         assert_eq!(parent.header_value(), value);
         // A later version with more fields is read by its prefix.
         let future = format!("cc-{}-what-ever", &value[3..]);
-        assert_eq!(TraceParent::parse(&future).unwrap().trace_id, parent.trace_id);
+        assert_eq!(
+            TraceParent::parse(&future).unwrap().trace_id,
+            parent.trace_id
+        );
     }
 
     #[test]

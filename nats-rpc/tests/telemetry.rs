@@ -80,9 +80,12 @@ async fn request_with_traceparent(nats: &async_nats::Client, subject: &str, trac
     .expect("request");
 }
 
-/// Spans as a plain `tracing` layer sees them: name and every field recorded.
+/// A closed span's name and every field recorded on it.
+type SpanFields = (String, BTreeMap<String, String>);
+
+/// Spans as a plain `tracing` layer sees them.
 #[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<(String, BTreeMap<String, String>)>>>);
+struct Captured(Arc<Mutex<Vec<SpanFields>>>);
 
 struct Fields<'a>(&'a mut BTreeMap<String, String>);
 
@@ -119,7 +122,11 @@ impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> tracing_subscriber::Layer<
             .get::<BTreeMap<String, String>>()
             .cloned()
             .unwrap();
-        self.0.0.lock().unwrap().push((span.name().to_owned(), fields));
+        self.0
+            .0
+            .lock()
+            .unwrap()
+            .push((span.name().to_owned(), fields));
     }
 }
 
@@ -222,14 +229,22 @@ async fn the_client_sends_a_traceparent() {
     }
 }
 
-fn otel_subscriber() -> (InMemorySpanExporter, SdkTracerProvider, impl tracing::Subscriber) {
+fn otel_subscriber() -> (
+    InMemorySpanExporter,
+    SdkTracerProvider,
+    impl tracing::Subscriber,
+) {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let exporter = InMemorySpanExporter::default();
     let provider = SdkTracerProvider::builder()
         .with_simple_exporter(exporter.clone())
         .build();
     let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("nats-rpc-test"));
-    (exporter, provider, tracing_subscriber::registry().with(layer))
+    (
+        exporter,
+        provider,
+        tracing_subscriber::registry().with(layer),
+    )
 }
 
 fn exported(exporter: &InMemorySpanExporter) -> Vec<SpanData> {
@@ -279,7 +294,11 @@ async fn opentelemetry_export_continues_the_callers_trace() {
         .iter()
         .find(|span| span.name == "process trace.room.*.fail")
         .unwrap_or_else(|| panic!("no fail span in {spans:?}"));
-    assert!(matches!(fail.status, Status::Error { .. }), "{:?}", fail.status);
+    assert!(
+        matches!(fail.status, Status::Error { .. }),
+        "{:?}",
+        fail.status
+    );
 }
 
 /// A `Client` call made inside a span propagates that span: the server's span is its child.

@@ -41,6 +41,11 @@ impl Mirror {
         }
     }
 
+    /// `(rows, bytes)` held, expired rows not yet purged included; bytes as the budget counts.
+    pub(crate) fn usage(&self) -> (usize, usize) {
+        (self.plugins.values().map(BTreeMap::len).sum(), self.bytes)
+    }
+
     pub(crate) fn get(&self, plugin: &str, key: &str, now: i64) -> Option<&Entry> {
         self.plugins
             .get(plugin)?

@@ -164,6 +164,12 @@ pub struct Row {
     pub updated_at: i64,
 }
 
+/// Metric: expired rows deleted by the purge.
+pub const PURGED_METRIC: &str = "kv_store_purged_keys_total";
+/// Metric: purge runs that failed (retried at the next interval).
+pub const PURGE_FAILURES_METRIC: &str = "kv_store_purge_failures_total";
+pub use writer::{BATCH_METRIC, COMMIT_METRIC, EXPIRED_WRITES_METRIC};
+
 /// The store: one backend behind the operations.
 #[derive(Debug)]
 pub struct Store {
@@ -220,6 +226,21 @@ impl Store {
             Backends::Sqlite(store) => store.mirrored(),
             Backends::Postgres(_) => false,
         }
+    }
+
+    /// `(rows, bytes)` in the read mirror; `None` without one (PostgreSQL, or a SQLite store
+    /// past its mirror budget).
+    pub fn mirror_usage(&self) -> Option<(usize, usize)> {
+        match &self.backend {
+            Backends::Sqlite(store) => store.mirror_usage(),
+            Backends::Postgres(_) => None,
+        }
+    }
+
+    /// Commits a write that changes nothing, through the same writer and connection as every
+    /// write: `Ok` proves the store takes writes now (`/healthz`).
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        self.writer().write(writer::Write::Probe).await.map(drop)
     }
 
     /// Upserts `key` with `value`; replaces any earlier TTL. Returns once committed.
@@ -325,10 +346,15 @@ impl Store {
     /// Deletes every expired row, a bounded chunk per commit so writes keep flowing meanwhile.
     /// Safe to run in several instances at once.
     pub async fn purge_expired(&self) -> Result<u64, StoreError> {
-        match &self.backend {
+        let purged = match &self.backend {
             Backends::Sqlite(store) => store.purge_expired().await,
             Backends::Postgres(store) => store.purge_expired().await,
+        };
+        match &purged {
+            Ok(rows) => metrics::counter!(PURGED_METRIC).increment(*rows),
+            Err(_) => metrics::counter!(PURGE_FAILURES_METRIC).increment(1),
         }
+        purged
     }
 
     /// Up to `limit` live rows after `after` (`(plugin, key)`, exclusive; `None` from the

@@ -32,7 +32,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::error::Elapsed;
 
-use super::writer::{Applied, Commit, Write, Writer};
+use super::writer::{Applied, Commit, PROBE_SQL, Write, Writer};
 use super::{Listing, Row, StoreError, StoreOptions, Value, parse_value, prefix_end};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -698,6 +698,12 @@ impl Committer {
         let grace = link.grace();
         match segment {
             [Write::Purge] => return Ok(vec![purge_chunk(link).await?]),
+            [Write::Probe] => {
+                let query = sqlx::query(PROBE_SQL);
+                let outcome = tokio::time::timeout(grace, query.execute(link.conn().await?)).await;
+                link.settle(outcome)?;
+                return Ok(vec![0]);
+            }
             [Write::Import(rows)] => {
                 let query = sqlx::query(IMPORT)
                     .bind(
@@ -737,7 +743,9 @@ impl Committer {
                     ttl_seconds.map(|ttl| i64::from(ttl) * 1000),
                 )),
                 Write::Delete { plugin, key } => deletes.push((plugin, key)),
-                Write::Purge | Write::Import(_) => unreachable!("`segment_end` keeps them alone"),
+                Write::Purge | Write::Import(_) | Write::Probe => {
+                    unreachable!("`segment_end` keeps them alone")
+                }
             }
         }
         sets.sort_unstable_by_key(|&(plugin, key, _, _)| (plugin, key));

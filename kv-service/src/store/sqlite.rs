@@ -21,7 +21,7 @@ use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Executor, Row as _};
 use tokio::task::JoinHandle;
 
 use super::mirror::{self, Entry, Mirror};
-use super::writer::{Applied, Commit, Write, Writer};
+use super::writer::{Applied, Commit, PROBE_SQL, Write, Writer};
 use super::{Listing, Row, StoreError, StoreOptions, Value, now_ms, parse_value, prefix_end};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -146,6 +146,10 @@ impl Sqlite {
             _lock: lock,
         };
         Ok((store, id))
+    }
+
+    pub(crate) fn mirror_usage(&self) -> Option<(usize, usize)> {
+        mirror::read(&self.mirror).as_ref().map(Mirror::usage)
     }
 
     pub(crate) fn mirrored(&self) -> bool {
@@ -456,7 +460,7 @@ fn plan(mirror: &Mirror, writes: &[&Write], now: i64) -> Option<Vec<Applied>> {
                     .unwrap_or_else(|| mirror.get(plugin, key, now).is_some());
                 Some(u64::from(live))
             }
-            Write::Purge | Write::Import(_) => None,
+            Write::Purge | Write::Import(_) | Write::Probe => None,
         })
         .collect()
 }
@@ -484,6 +488,7 @@ fn apply(mirror: &RwLock<Option<Mirror>>, writes: &[&Write], now: i64) {
             }
             Write::Delete { plugin, key } => mirror.remove(plugin, key),
             Write::Purge => mirror.purge(now),
+            Write::Probe => {}
             Write::Import(rows) => {
                 for row in rows {
                     let entry = Entry {
@@ -619,8 +624,10 @@ async fn commit_batch(
                     }
                 }
             }
-            Write::Purge | Write::Import(_) => {
-                unreachable!("`plan` sends batches with a purge or an import to `commit_each`")
+            Write::Purge | Write::Import(_) | Write::Probe => {
+                unreachable!(
+                    "`plan` sends batches with a purge, an import or a probe to `commit_each`"
+                )
             }
         }
         start = end;
@@ -689,6 +696,10 @@ async fn commit_each(
                 .execute(&mut *tx)
                 .await?
                 .rows_affected(),
+            Write::Probe => {
+                sqlx::query(PROBE_SQL).execute(&mut *tx).await?;
+                0
+            }
             Write::Import(rows) => {
                 for row in rows {
                     sqlx::query(IMPORT_SQL)

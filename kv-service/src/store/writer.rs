@@ -12,6 +12,13 @@ use nats_rpc::Deadline;
 
 use super::{Row, StoreError, Value};
 
+/// Metric: writes per committed batch (group commit at work: under load, many).
+pub const BATCH_METRIC: &str = "kv_store_batch_writes";
+/// Metric: seconds one batch takes to commit.
+pub const COMMIT_METRIC: &str = "kv_store_commit_seconds";
+/// Metric: writes dropped unapplied because their deadline passed while they were queued.
+pub const EXPIRED_WRITES_METRIC: &str = "kv_store_writes_expired_total";
+
 /// Most writes handed to a backend at once.
 pub(crate) const MAX_BATCH: usize = 256;
 /// Writes waiting for the writer before callers wait for room (back-pressure).
@@ -34,6 +41,9 @@ pub(crate) enum Write {
     Purge,
     /// Rows copied from another store, kept as they were (`kv-service copy`).
     Import(Vec<Row>),
+    /// A write that changes nothing (the store identity rewritten as it is): proves the
+    /// writer and the database accept writes (`/healthz`).
+    Probe,
 }
 
 impl Write {
@@ -41,10 +51,13 @@ impl Write {
     pub(crate) fn target(&self) -> Option<(&str, &str)> {
         match self {
             Write::Set { plugin, key, .. } | Write::Delete { plugin, key } => Some((plugin, key)),
-            Write::Purge | Write::Import(_) => None,
+            Write::Purge | Write::Import(_) | Write::Probe => None,
         }
     }
 }
+
+/// The statement of [`Write::Probe`], the same on both backends.
+pub(crate) const PROBE_SQL: &str = "UPDATE kv_meta SET value = value WHERE name = 'store_id'";
 
 /// What a committed write reports: `Set` 0, `Delete` rows deleted, `Purge` rows purged,
 /// `Import` rows written.
@@ -118,6 +131,9 @@ impl Writer {
 }
 
 async fn run(mut committer: impl Commit, mut queue: mpsc::Receiver<Command>) {
+    let batch_sizes = metrics::histogram!(BATCH_METRIC);
+    let commit_seconds = metrics::histogram!(COMMIT_METRIC);
+    let expired = metrics::counter!(EXPIRED_WRITES_METRIC);
     let mut batch: Vec<Command> = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
         // Let requests that are already readable queue their writes first: one yield costs
@@ -136,6 +152,7 @@ async fn run(mut committer: impl Commit, mut queue: mpsc::Receiver<Command>) {
                 let (done, _) = oneshot::channel();
                 let done = std::mem::replace(&mut command.done, done);
                 let _ = done.send(Err(StoreError::DeadlinePassed(deadline)));
+                expired.increment(1);
                 false
             }
             _ => true,
@@ -147,9 +164,12 @@ async fn run(mut committer: impl Commit, mut queue: mpsc::Receiver<Command>) {
         let writes: Vec<&Write> = batch.iter().map(|command| &command.write).collect();
         let outcomes = committer.commit(&writes).await;
         debug_assert_eq!(outcomes.len(), batch.len(), "one outcome per write");
+        let elapsed = started.elapsed();
+        batch_sizes.record(writes.len() as f64);
+        commit_seconds.record(elapsed.as_secs_f64());
         tracing::trace!(
             writes = writes.len(),
-            micros = started.elapsed().as_micros() as u64,
+            micros = elapsed.as_micros() as u64,
             "batch done"
         );
         drop(writes);

@@ -68,6 +68,7 @@ impl Harness {
             credentials: Default::default(),
             queue_group: nats_rpc::DEFAULT_QUEUE_GROUP.into(),
             plugin_subjects: false,
+            metrics_addr: None,
         };
         tweak(&mut config);
         let (stop, stopped) = oneshot::channel::<()>();

@@ -9,6 +9,10 @@ use tracing::field::Empty;
 
 use crate::error::ErrorCode;
 
+/// The `tracing` target of the per-request spans (level INFO): filter it out of a text log
+/// that should not pay for formatting a span per request.
+pub const SPAN_TARGET: &str = "nats_rpc::request";
+
 /// The W3C Trace Context header a request may carry and [`crate::Client`] sends.
 pub const TRACEPARENT_HEADER: &str = "traceparent";
 
@@ -97,6 +101,7 @@ pub(crate) fn request_span(
     headers: Option<&HeaderMap>,
 ) -> Span {
     let span = tracing::info_span!(
+        target: SPAN_TARGET,
         "request",
         otel.name = otel_name,
         otel.kind = "server",

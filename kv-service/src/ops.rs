@@ -74,6 +74,9 @@ fn describe() {
         "Writes dropped unapplied because their deadline passed while queued"
     );
     describe_counter!(store::PURGED_METRIC, "Expired keys deleted by the purge");
+    // Present (at 0) before the first purge, so a rate over them is defined from the start.
+    metrics::counter!(store::PURGED_METRIC).increment(0);
+    metrics::counter!(store::PURGE_FAILURES_METRIC).increment(0);
     describe_counter!(
         store::PURGE_FAILURES_METRIC,
         "Purge runs that failed (retried next interval)"

@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::process::{Running, call, ready};
-use kv_service::testing::free_port;
 use nats_rpc::testing::NatsServer;
 use serde_json::{Value, json};
 
@@ -84,7 +83,7 @@ impl Ops {
             .get(format!("{}{path}", self.base))
             .send()
             .await
-            .unwrap_or_else(|err| panic!("GET {path}: {err}"));
+            .unwrap_or_else(|err| panic!("GET {}{path}: {err:?}", self.base));
         let status = response.status().as_u16();
         (status, response.text().await.unwrap())
     }
@@ -121,12 +120,25 @@ impl Ops {
     }
 }
 
+/// kv-service with metrics on a port the system picks (port 0), read back from its log: no
+/// other test can take it in between.
 fn start(nats: &NatsServer, env: &[(&str, &str)]) -> (Running, Ops) {
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut all = vec![("METRICS_ADDR", addr.as_str())];
+    let mut all = vec![("METRICS_ADDR", "127.0.0.1:0")];
     all.extend_from_slice(env);
     let service = Running::start_in(&nats.url(), tempfile::tempdir().unwrap(), &all);
+    let announced = "serving /metrics and /healthz addr=127.0.0.1:";
+    assert!(
+        service.wait_for_log(announced, Duration::from_secs(20)),
+        "{}",
+        service.log()
+    );
+    let log = service.log();
+    let port = log.split(announced).nth(1).unwrap();
+    let port: u16 = port[..port
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(port.len())]
+        .parse()
+        .unwrap();
     (service, Ops::new(port))
 }
 
@@ -169,7 +181,7 @@ fn promtool_check(text: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_traffic_and_healthz_follows_nats() {
     let mut nats = NatsServer::start();
-    let (service, ops) = start(&nats, &[]);
+    let (service, ops) = start(&nats, &[("PURGE_INTERVAL_SECS", "1")]);
     let client = async_nats::connect(nats.url()).await.unwrap();
     ready(&client).await;
 
@@ -241,6 +253,9 @@ async fn metrics_count_traffic_and_healthz_follows_nats() {
     assert_eq!(at("kv_mirror_keys", &[]), 5.0);
     assert!(at("kv_mirror_bytes", &[]) > 0.0);
     assert_eq!(at("kv_nats_connected", &[]), 1.0);
+    // Registered before the first purge; nothing has expired yet.
+    assert_eq!(at("kv_store_purged_keys_total", &[]), 0.0);
+    assert_eq!(at("kv_store_purge_failures_total", &[]), 0.0);
     assert_eq!(at("kv_nats_connects_total", &[]), 1.0);
     let info = samples
         .iter()
@@ -251,6 +266,22 @@ async fn metrics_count_traffic_and_healthz_follows_nats() {
     assert!(text.contains("# HELP nats_rpc_requests_total "), "{text}");
     assert!(text.contains("# TYPE nats_rpc_request_duration_seconds histogram"));
     promtool_check(&text);
+
+    // A key that expires: the purge (every second here) deletes it and counts it.
+    let ttl = json!({"plugin_name": "p", "key": "brief", "value": 1, "ttl_seconds": 1});
+    assert_eq!(call(&client, "set", ttl).await["success"], true);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, samples) = ops.scrape().await;
+        if value(&samples, "kv_store_purged_keys_total", &[]) == Some(1.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the purge never counted the expired key"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // NATS gone: 503, saying so; back: 200, and the connect counter moved.
     nats.stop();

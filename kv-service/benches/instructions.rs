@@ -1,8 +1,9 @@
 //! Instructions per request, for the kv-service process alone (SQLite), counted by valgrind's
 //! callgrind: repeatable where wall-clock figures drift on a shared machine. For each of get,
-//! set, list and delete at 16 in flight, the service runs twice under callgrind, serving the
-//! same start-up and fill and then `N` or `2N` requests of the operation; the difference of the
-//! two runs, per function, divided by `N`, is what one request costs. Functions are grouped by
+//! set, list and delete at 16 in flight, the service runs under callgrind with instrumentation
+//! off through start-up and the fill, on (`callgrind_control -i on`) for `N` requests of the
+//! operation, off again before shutdown; the profile divided by `N` is what one request costs,
+//! the NATS reads and writes, the batching and the commits included. Functions are grouped by
 //! where they live: the NATS client (async-nats), parse and validate (serde_json, jsonschema,
 //! nats-rpc's schema module), the nats-rpc runtime, the handler (kv-service's api), the store
 //! (kv-service's store, sqlx), SQLite, tokio, the allocator, and the rest.
@@ -111,6 +112,7 @@ async fn profile(nats: &NatsServer, dir: &Path, op: &str, count: u64, keys: u64)
         "valgrind",
         &[
             "--tool=callgrind",
+            "--instr-atstart=no",
             out_flag.as_str(),
             env!("CARGO_BIN_EXE_kv-service"),
         ],
@@ -128,9 +130,20 @@ async fn profile(nats: &NatsServer, dir: &Path, op: &str, count: u64, keys: u64)
         .unwrap();
     nats_rpc::testing::wait_for_service(&client, "kv-service").await;
     fill(&client, keys).await;
+    instrument(service.pid(), "on");
     send(&client, op, count, keys).await;
+    instrument(service.pid(), "off");
     service.terminate(Duration::from_secs(120));
     out.display().to_string()
+}
+
+fn instrument(pid: u32, state: &str) {
+    let status = Command::new("callgrind_control")
+        .args([format!("--instr={state}"), pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("callgrind_control runs");
+    assert!(status.success(), "callgrind_control --instr={state} failed");
 }
 
 async fn fill(client: &async_nats::Client, keys: u64) {
@@ -164,7 +177,7 @@ async fn fill(client: &async_nats::Client, keys: u64) {
 /// Exclusive instructions per function in a profile.
 fn functions(profile: &str) -> BTreeMap<String, u64> {
     let output = Command::new("callgrind_annotate")
-        .args(["--inclusive=no", "--threshold=100", profile])
+        .args(["--inclusive=no", "--threshold=100", "--auto=no", profile])
         .output()
         .expect("callgrind_annotate runs");
     let text = String::from_utf8_lossy(&output.stdout);
@@ -183,7 +196,7 @@ fn functions(profile: &str) -> BTreeMap<String, u64> {
             Some(after) => after.split_once(')').map_or(after, |(_, r)| r).trim_start(),
             None => rest,
         };
-        if rest.starts_with("PROGRAM TOTALS") || rest.is_empty() {
+        if rest.starts_with("PROGRAM TOTALS") || rest.is_empty() || !rest.contains(':') {
             continue;
         }
         *costs.entry(rest.to_owned()).or_insert(0) += count;
@@ -191,41 +204,43 @@ fn functions(profile: &str) -> BTreeMap<String, u64> {
     costs
 }
 
-fn group(function: &str) -> &'static str {
-    let name = function
-        .split_once(':')
-        .map_or(function, |(_, name)| name)
-        .trim_start_matches('<');
-    let has = |needle: &str| name.contains(needle);
-    if name.starts_with("sqlite3") || has("libsqlite3") || name.starts_with("pcache") {
-        "SQLite"
-    } else if name.starts_with("async_nats") {
+/// Which component a `file:function [object]` line of callgrind_annotate belongs to: by the
+/// Rust crate its function names when it names one (code inlined from std keeps its caller's
+/// name), else by its file (SQLite's and jemalloc's C functions, libc).
+fn group(line: &str) -> &'static str {
+    let (file, name) = line.split_once(':').unwrap_or(("", line));
+    let name = name.trim_start_matches('<');
+    let starts = |prefixes: &[&str]| prefixes.iter().any(|prefix| name.starts_with(prefix));
+    if starts(&["async_nats"]) {
         "NATS client"
-    } else if name.starts_with("serde_json")
-        || name.starts_with("jsonschema")
-        || name.starts_with("referencing")
-        || name.starts_with("nats_rpc::schema")
-        || name.starts_with("fancy_regex")
-        || name.starts_with("regex")
-    {
+    } else if starts(&[
+        "serde_json",
+        "serde_core",
+        "jsonschema",
+        "referencing",
+        "nats_rpc::schema",
+        "fancy_regex",
+        "regex",
+        "indexmap",
+    ]) {
         "parse/validate"
-    } else if name.starts_with("nats_rpc") {
+    } else if starts(&["nats_rpc"]) {
         "nats-rpc"
-    } else if name.starts_with("kv_service::api") {
+    } else if starts(&["kv_service::api"]) {
         "handler"
-    } else if name.starts_with("kv_service") || name.starts_with("sqlx") {
+    } else if starts(&["kv_service", "sqlx", "libsqlite3_sys"]) {
         "store+sqlx"
-    } else if name.starts_with("tokio") || name.starts_with("futures") {
+    } else if starts(&["tokio", "futures", "bytes"]) {
         "tokio"
-    } else if has("jemalloc") || name.starts_with("_rjem") || name.starts_with("je_") {
+    } else if file.contains("libsqlite3-sys") {
+        "SQLite"
+    } else if file.contains("jemalloc") {
         "allocator"
-    } else if name.starts_with("core::")
-        || name.starts_with("alloc::")
-        || name.starts_with("std::")
-        || name.starts_with("__mem")
-        || name.starts_with("mem")
-        || name.starts_with("str")
-        || has("libc.so")
+    } else if starts(&["core::", "alloc::", "std::"])
+        || file.contains("/rustc/")
+        || file.contains("sysdeps")
+        || file.contains("nptl")
+        || line.contains("libc.so")
     {
         "std/libc"
     } else {
@@ -248,12 +263,12 @@ async fn run() {
         .split(',')
         .map(str::to_owned)
         .collect();
-    let keys = 2 * count + 10_000;
+    let keys = count.max(10_000);
     let nats = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
     println!(
         "instructions per request in the kv-service process (callgrind; SQLite; {IN_FLIGHT} in flight; \
-         ({count} - {count} extra requests) / {count}; {keys} keys)"
+         {count} requests each over {keys} keys of 128 bytes)"
     );
     let mut header = format!("{:7} {:>9}", "op", "total");
     for name in GROUPS {
@@ -261,20 +276,24 @@ async fn run() {
     }
     println!("{header}");
     for op in &ops {
-        let small = functions(&profile(&nats, dir.path(), op, count, keys).await);
-        let large = functions(&profile(&nats, dir.path(), op, 2 * count, keys).await);
-        let mut by_group: BTreeMap<&str, i64> = BTreeMap::new();
-        for (function, cost) in &large {
-            let base = small.get(function).copied().unwrap_or(0);
-            *by_group.entry(group(function)).or_insert(0) += *cost as i64 - base as i64;
+        let costs = functions(&profile(&nats, dir.path(), op, count, keys).await);
+        let mut by_group: BTreeMap<&str, u64> = BTreeMap::new();
+        for (function, cost) in &costs {
+            *by_group.entry(group(function)).or_insert(0) += cost;
         }
-        for (function, cost) in &small {
-            if !large.contains_key(function) {
-                *by_group.entry(group(function)).or_insert(0) -= *cost as i64;
+        if std::env::var_os("BENCH_INSTR_TOP").is_some() {
+            let mut top: Vec<(&String, &u64)> = costs.iter().collect();
+            top.sort_by(|a, b| b.1.cmp(a.1));
+            for (function, cost) in top.iter().take(40) {
+                println!(
+                    "    {:>9.0} {:14} {function}",
+                    **cost as f64 / count as f64,
+                    group(function)
+                );
             }
         }
-        let per = |value: i64| value as f64 / count as f64;
-        let total: i64 = by_group.values().sum();
+        let per = |value: u64| value as f64 / count as f64;
+        let total: u64 = by_group.values().sum();
         let mut line = format!("{op:7} {:>9.0}", per(total));
         for name in GROUPS {
             line.push_str(&format!(

@@ -406,7 +406,7 @@ pub async fn plugin_set(
     .await?)
 }
 
-/// `rosey.db.kv.<plugin_name>.get`; see [`plugin_set`].
+/// `rosey.db.kv.<plugin_name>.get`; see [`fn@plugin_set`].
 #[nats_rpc(subject = "rosey.db.kv.*.get", name = "plugin_get")]
 pub async fn plugin_get(
     store: &Store,
@@ -417,7 +417,7 @@ pub async fn plugin_get(
     Ok(read(store, &plugin, &request.key, context.deadline()).await?)
 }
 
-/// `rosey.db.kv.<plugin_name>.delete`; see [`plugin_set`].
+/// `rosey.db.kv.<plugin_name>.delete`; see [`fn@plugin_set`].
 #[nats_rpc(subject = "rosey.db.kv.*.delete", name = "plugin_delete")]
 pub async fn plugin_delete(
     store: &Store,
@@ -428,7 +428,7 @@ pub async fn plugin_delete(
     Ok(remove(store, &plugin, &request.key, context.deadline()).await?)
 }
 
-/// `rosey.db.kv.<plugin_name>.list`; see [`plugin_set`].
+/// `rosey.db.kv.<plugin_name>.list`; see [`fn@plugin_set`].
 #[nats_rpc(subject = "rosey.db.kv.*.list", name = "plugin_list")]
 pub async fn plugin_list(
     store: &Store,

@@ -24,7 +24,7 @@ pub const STORE_BACKEND: &str = "store_backend";
 /// How long to listen for other instances before serving.
 pub const START_WINDOW: Duration = Duration::from_millis(300);
 /// How often a serving instance looks again (a conflict is logged within this plus
-/// [`WATCH_WINDOW`], under 10 s).
+/// `WATCH_WINDOW` (1 s), under 10 s).
 pub const WATCH_EVERY: Duration = Duration::from_secs(5);
 const WATCH_WINDOW: Duration = Duration::from_secs(1);
 

@@ -1,9 +1,9 @@
 //! Implementation detail of `nats-rpc`: the `#[nats_rpc]` attribute. Depend on `nats-rpc`, which
 //! re-exports it and documents it.
 //!
-//! The macro is a pipeline: [`args`] parses the attribute, [`ast`] borrows a model of the handler
-//! from the `fn` and checks it against the rules in [`valid`], [`expand`] renders the glue, and
-//! [`fallback`] renders the fn untouched plus the errors when anything was wrong, so a mistake
+//! The macro is a pipeline: `args` parses the attribute, `ast` borrows a model of the handler
+//! from the `fn` and checks it against the rules in `valid`, `expand` renders the glue, and
+//! `fallback` renders the fn untouched plus the errors when anything was wrong, so a mistake
 //! shows up once, on the user's own token, and never as a cascade from half-generated code.
 
 mod args;

@@ -99,7 +99,7 @@ pub use stats::{LATENCY_WINDOW, Latency, StatsSnapshot};
 ///
 /// ```ignore
 /// #[nats_rpc(subject = "rosey.db.kv.get")]
-/// pub async fn get(store: &Store, request: GetRequest) -> Result<GetReply, KvError> { … }
+/// pub async fn get(store: &Store, request: GetRequest) -> Result<GetReply, KvError> { /* … */ }
 /// ```
 ///
 /// # Arguments
@@ -125,7 +125,7 @@ pub use stats::{LATENCY_WINDOW, Latency, StatsSnapshot};
 ///     -> Result<GetReply, ScopedError>
 /// {
 ///     let plugin = subject.wildcard(0); // "chat" for `rosey.db.kv.chat.get`
-///     …
+///     // …
 /// }
 /// ```
 ///
@@ -152,7 +152,7 @@ pub use stats::{LATENCY_WINDOW, Latency, StatsSnapshot};
 ///     type Response = GetReply;
 ///     type Error = KvError;
 ///     fn call<'a>(state: &'a Store, request: GetRequest, context: Context<'a>)
-///         -> impl Future<…> + Send + 'a
+///         -> impl Future<Output = Result<GetReply, KvError>> + Send + 'a
 ///     {
 ///         let _ = context; // passed on (or its subject) when the fn takes it
 ///         get(state, request)

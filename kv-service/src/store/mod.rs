@@ -4,13 +4,13 @@
 //!
 //! - **SQLite** (`sqlite://…`, the embedded default): one process per file, which it holds
 //!   locked so a second process refuses to start. Being provably the only writer, it serves
-//!   reads from an in-memory [`mirror`]; expiry follows this process's clock.
+//!   reads from an in-memory mirror (`mirror.rs`); expiry follows this process's clock.
 //! - **PostgreSQL** (`postgres://…` or `postgresql://…`): any number of instances on one
 //!   database. No mirror (another instance may have written since), so every read is a
 //!   statement, batched; expiry follows the database's clock, so instances whose clocks
 //!   disagree still agree on it.
 //!
-//! Either way writes go through one writer task per process ([`writer`]: group commit), and a
+//! Either way writes go through one writer task per process (`writer.rs`: group commit), and a
 //! caller hears back only after the commit that holds its write. Each store has an identity,
 //! made when the database is created, that instances advertise so that instances on different
 //! stores never share one queue group.

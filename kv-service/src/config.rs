@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 /// kv-service: the rosey.db.kv key-value store over NATS request/reply.
 #[derive(Debug, Parser)]
-#[command(name = "kv-service", version, about)]
+#[command(name = "kv-service", version, about, after_help = LOGGING_HELP)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -15,9 +15,15 @@ pub struct Cli {
     pub serve: ServeConfig,
 }
 
+/// Shown at the end of `--help` and `serve --help`.
+const LOGGING_HELP: &str = "Logging: RUST_LOG sets the level (error, warn, info, debug, trace; \
+default info), e.g. RUST_LOG=debug or RUST_LOG=info,kv_service=debug. Options go before or after \
+the subcommand; every one also reads the environment variable shown.";
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve rosey.db.kv.set|get|delete|list (the default).
+    #[command(after_help = LOGGING_HELP)]
     Serve,
     /// Write every endpoint's request, success-reply and error-reply JSON Schema to a folder.
     Schemas {
@@ -55,7 +61,8 @@ pub struct ServeConfig {
         long,
         env = "NATS_URL",
         default_value = "nats://127.0.0.1:4222",
-        hide_env_values = true
+        hide_env_values = true,
+        global = true
     )]
     pub nats_url: String,
     /// The store: `sqlite://path` (a file, created if missing; one instance) or
@@ -64,33 +71,34 @@ pub struct ServeConfig {
         long,
         env = "DATABASE_URL",
         default_value = "sqlite://kv.db",
-        hide_env_values = true
+        hide_env_values = true,
+        global = true
     )]
     pub database_url: String,
     /// Seconds between purges of expired keys.
-    #[arg(long = "purge-interval", env = "PURGE_INTERVAL_SECS", default_value = "300", value_parser = parse_seconds)]
+    #[arg(long = "purge-interval", env = "PURGE_INTERVAL_SECS", default_value = "300", value_parser = parse_seconds, global = true)]
     pub purge_interval: Duration,
     /// Commit with synchronous=FULL (survives power loss) instead of NORMAL (survives crashes).
-    #[arg(long, env = "SYNCHRONOUS_FULL")]
+    #[arg(long, env = "SYNCHRONOUS_FULL", global = true)]
     pub synchronous_full: bool,
     /// Milliseconds a request without an `Rpc-Timeout-Ms` header is worth answering: past it,
     /// one not yet started (or a write not yet committed) gets TIMEOUT and nothing is done.
     /// Default: such requests have no deadline.
-    #[arg(long = "request-timeout-ms", env = "REQUEST_TIMEOUT_MS", value_parser = parse_millis)]
+    #[arg(long = "request-timeout-ms", env = "REQUEST_TIMEOUT_MS", value_parser = parse_millis, global = true)]
     pub request_timeout: Option<Duration>,
     /// Requests handled at once; past it clients get OVERLOADED at once.
-    #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = nats_rpc::DEFAULT_MAX_IN_FLIGHT)]
+    #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = nats_rpc::DEFAULT_MAX_IN_FLIGHT, value_parser = parse_in_flight, global = true)]
     pub max_in_flight: usize,
     /// MiB of memory for the in-memory mirror that serves reads on SQLite; past it, or at 0,
     /// reads go to the file. PostgreSQL has no mirror (other instances write too).
-    #[arg(long, env = "MIRROR_MB", default_value_t = 48)]
+    #[arg(long, env = "MIRROR_MB", default_value_t = 48, global = true)]
     pub mirror_mb: usize,
     /// Database connections serving reads (PostgreSQL; SQLite when the mirror is off).
-    #[arg(long, env = "READ_CONNECTIONS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    #[arg(long, env = "READ_CONNECTIONS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64), global = true)]
     pub read_connections: u32,
     /// PostgreSQL: milliseconds a statement may run (a lock held elsewhere, a hung server)
     /// before the request is answered INTERNAL_ERROR.
-    #[arg(long = "statement-timeout-ms", env = "STATEMENT_TIMEOUT_MS", default_value = "5000", value_parser = parse_millis)]
+    #[arg(long = "statement-timeout-ms", env = "STATEMENT_TIMEOUT_MS", default_value = "5000", value_parser = parse_millis, global = true)]
     pub statement_timeout: Duration,
     /// Shifts this process's clock by this many milliseconds: for tests of instances whose
     /// clocks disagree.
@@ -99,25 +107,30 @@ pub struct ServeConfig {
         env = "KV_CLOCK_OFFSET_MS",
         default_value_t = 0,
         allow_hyphen_values = true,
-        hide = true
+        hide = true,
+        global = true
     )]
     pub clock_offset_ms: i64,
     /// Async worker threads; 1 runs everything on one thread (SQLite has its own).
-    #[arg(long, env = "WORKER_THREADS", default_value_t = 1)]
+    #[arg(long, env = "WORKER_THREADS", default_value_t = 1, global = true)]
     pub worker_threads: usize,
     #[command(flatten)]
     pub credentials: NatsCredentials,
     /// NATS queue group shared by all instances.
-    #[arg(long, env = "QUEUE_GROUP", default_value = nats_rpc::DEFAULT_QUEUE_GROUP)]
+    #[arg(long, env = "QUEUE_GROUP", default_value = nats_rpc::DEFAULT_QUEUE_GROUP, value_parser = parse_queue_group, global = true)]
     pub queue_group: String,
     /// Also serve rosey.db.kv.<plugin_name>.set|get|delete|list, taking the plugin from the
     /// subject, so NATS permissions can confine each plugin to its own keys.
-    #[arg(long, env = "PLUGIN_SUBJECTS")]
+    #[arg(long, env = "PLUGIN_SUBJECTS", global = true)]
     pub plugin_subjects: bool,
+    /// Seconds to keep trying to reach NATS at start (with backoff, each failure logged)
+    /// before giving up with exit status 1: the bus may come up after the service.
+    #[arg(long = "nats-connect-timeout", env = "NATS_CONNECT_TIMEOUT_SECS", default_value = "10", value_parser = parse_seconds, global = true)]
+    pub nats_connect_timeout: Duration,
     /// Serve Prometheus metrics on http://ADDR/metrics and a health probe on /healthz (200 when
     /// NATS is connected and the database takes writes, else 503 with the reason), e.g.
     /// `0.0.0.0:9090`. Default: off.
-    #[arg(long, env = "METRICS_ADDR")]
+    #[arg(long, env = "METRICS_ADDR", global = true)]
     pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
@@ -125,33 +138,34 @@ pub struct ServeConfig {
 #[derive(Debug, Clone, Default, Args)]
 pub struct NatsCredentials {
     /// NATS user name (with `--nats-password`).
-    #[arg(long, env = "NATS_USER", requires = "nats_password")]
+    #[arg(long, env = "NATS_USER", requires = "nats_password", global = true)]
     pub nats_user: Option<String>,
     /// NATS password.
     #[arg(
         long,
         env = "NATS_PASSWORD",
         hide_env_values = true,
-        requires = "nats_user"
+        requires = "nats_user",
+        global = true
     )]
     pub nats_password: Option<Secret>,
     /// NATS token.
-    #[arg(long, env = "NATS_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "NATS_TOKEN", hide_env_values = true, global = true)]
     pub nats_token: Option<Secret>,
     /// File holding an NKey seed (`SU…`).
-    #[arg(long, env = "NATS_NKEY_SEED_FILE")]
+    #[arg(long, env = "NATS_NKEY_SEED_FILE", global = true)]
     pub nats_nkey_seed_file: Option<PathBuf>,
     /// A `.creds` file (user JWT and NKey seed).
-    #[arg(long, env = "NATS_CREDS")]
+    #[arg(long, env = "NATS_CREDS", global = true)]
     pub nats_creds: Option<PathBuf>,
     /// CA certificate (PEM) to verify the server's TLS certificate; implies TLS.
-    #[arg(long, env = "NATS_TLS_CA")]
+    #[arg(long, env = "NATS_TLS_CA", global = true)]
     pub nats_tls_ca: Option<PathBuf>,
     /// Client certificate (PEM) for mutual TLS (with `--nats-tls-key`).
-    #[arg(long, env = "NATS_TLS_CERT", requires = "nats_tls_key")]
+    #[arg(long, env = "NATS_TLS_CERT", requires = "nats_tls_key", global = true)]
     pub nats_tls_cert: Option<PathBuf>,
     /// Client private key (PEM) for mutual TLS.
-    #[arg(long, env = "NATS_TLS_KEY", requires = "nats_tls_cert")]
+    #[arg(long, env = "NATS_TLS_KEY", requires = "nats_tls_cert", global = true)]
     pub nats_tls_key: Option<PathBuf>,
 }
 
@@ -222,6 +236,26 @@ fn parse_millis(text: &str) -> Result<Duration, String> {
             "`{text}` is not a whole number of milliseconds >= 1"
         )),
         Ok(millis) => Ok(Duration::from_millis(millis)),
+    }
+}
+
+/// The most requests `--max-in-flight` allows (each holds its request's bytes meanwhile).
+pub const MAX_IN_FLIGHT_LIMIT: usize = 1_000_000;
+
+fn parse_in_flight(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(limit) if (1..=MAX_IN_FLIGHT_LIMIT).contains(&limit) => Ok(limit),
+        _ => Err(format!(
+            "`{text}` is not a whole number from 1 to {MAX_IN_FLIGHT_LIMIT}"
+        )),
+    }
+}
+
+fn parse_queue_group(text: &str) -> Result<String, String> {
+    if text.is_empty() || text.contains(char::is_whitespace) {
+        Err(format!("`{text}` must be non-empty, without whitespace"))
+    } else {
+        Ok(text.to_owned())
     }
 }
 

@@ -24,9 +24,6 @@ use store::{Store, StoreOptions};
 /// Everything that stops the service from starting, with what to check.
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
-/// How long to keep trying to reach NATS at start before giving up.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(8);
-
 /// Opens the store, connects to NATS, checks that no instance on another store serves the
 /// same subjects, serves the endpoints until `shutdown` completes, then drains: in-flight
 /// requests are answered and queued writes committed before it returns.
@@ -133,7 +130,7 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()>) -> 
     }
     drop(ops);
     close_store(store).await;
-    tracing::info!("stopped");
+    tracing::info!("closed: every request taken was answered, every queued write committed");
     Ok(())
 }
 
@@ -217,17 +214,66 @@ async fn copy_pages(
     }
 }
 
-/// Connects to NATS once (a clear error naming the URL when it fails); after that, async-nats
-/// reconnects on its own, forever, and resubscribes.
+/// The longest one connection attempt may take (a host that never answers).
+const CONNECT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The first pause between connection attempts at start; it doubles up to the next.
+const CONNECT_FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const CONNECT_MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Connects to NATS, retrying with backoff for `--nats-connect-timeout` (the bus may start
+/// after the service), then failing with a clear error naming the URL. Once connected,
+/// async-nats reconnects on its own, forever, and resubscribes.
 async fn connect(config: &ServeConfig) -> Result<async_nats::Client, Error> {
     let url = config::redact_url(&config.nats_url);
+    let give_up = tokio::time::Instant::now() + config.nats_connect_timeout;
+    let mut backoff = CONNECT_FIRST_BACKOFF;
+    let mut attempt = 1;
+    loop {
+        let remaining = give_up.saturating_duration_since(tokio::time::Instant::now());
+        let error = match connect_once(config, remaining.min(CONNECT_ATTEMPT_TIMEOUT)).await {
+            Ok(client) => return Ok(client),
+            Err(ConnectFailure::Fatal(err)) => return Err(err),
+            Err(ConnectFailure::Retry(reason)) => reason,
+        };
+        let now = tokio::time::Instant::now();
+        if now + backoff >= give_up {
+            return Err(format!(
+                "cannot connect to NATS at {url}: {error} (tried {attempt} times in {} s; \
+                 --nats-connect-timeout)",
+                config.nats_connect_timeout.as_secs()
+            )
+            .into());
+        }
+        tracing::warn!(
+            attempt,
+            retry_in_ms = backoff.as_millis() as u64,
+            "cannot connect to NATS at {url}: {error}; retrying"
+        );
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(CONNECT_MAX_BACKOFF);
+        attempt += 1;
+    }
+}
+
+enum ConnectFailure {
+    /// Worth trying again (refused, unreachable, timed out).
+    Retry(String),
+    /// Will not get better (unreadable credentials).
+    Fatal(Error),
+}
+
+async fn connect_once(
+    config: &ServeConfig,
+    limit: Duration,
+) -> Result<async_nats::Client, ConnectFailure> {
     let options = config
         .credentials
         .apply(nats_rpc::connect_options())
-        .await?;
+        .await
+        .map_err(|err| ConnectFailure::Fatal(err.into()))?;
     let options = options
         .name("kv-service")
-        .connection_timeout(Duration::from_secs(5))
+        .connection_timeout(CONNECT_ATTEMPT_TIMEOUT)
         .event_callback(|event| async move {
             match event {
                 async_nats::Event::Connected => tracing::info!("connected to NATS"),
@@ -241,14 +287,29 @@ async fn connect(config: &ServeConfig) -> Result<async_nats::Client, Error> {
                 other => tracing::info!(event = %other, "NATS event"),
             }
         });
-    match tokio::time::timeout(CONNECT_TIMEOUT, options.connect(config.nats_url.as_str())).await {
+    match tokio::time::timeout(limit, options.connect(config.nats_url.as_str())).await {
         Ok(Ok(client)) => Ok(client),
-        Ok(Err(err)) => Err(format!("cannot connect to NATS at {url}: {err}").into()),
-        Err(_) => Err(format!(
-            "cannot connect to NATS at {url}: no answer within {}s",
-            CONNECT_TIMEOUT.as_secs()
-        )
-        .into()),
+        Ok(Err(err)) => {
+            use async_nats::ConnectErrorKind as Kind;
+            match err.kind() {
+                // Will not change by waiting: a bad URL, credentials or TLS setup.
+                Kind::ServerParse
+                | Kind::Authentication
+                | Kind::AuthorizationViolation
+                | Kind::Tls => Err(ConnectFailure::Fatal(
+                    format!(
+                        "cannot connect to NATS at {}: {err}",
+                        config::redact_url(&config.nats_url)
+                    )
+                    .into(),
+                )),
+                _ => Err(ConnectFailure::Retry(err.to_string())),
+            }
+        }
+        Err(_) => Err(ConnectFailure::Retry(format!(
+            "no answer within {} ms",
+            limit.as_millis()
+        ))),
     }
 }
 

@@ -60,6 +60,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> ExitCode {
+    let stopped_by = std::sync::Arc::new(std::sync::OnceLock::new());
     let outcome = match cli.command {
         Some(Command::Schemas { dir }) => kv_service::write_schemas(&dir)
             .map(|written| {
@@ -74,10 +75,23 @@ async fn run(cli: Cli) -> ExitCode {
                 .map_err(|err| format!("cannot write {}: {err}", file.display()).into())
         }
         Some(Command::Copy { from, to }) => copy(&from, &to).await,
-        Some(Command::Serve) | None => kv_service::serve(&cli.serve, shutdown_signal()).await,
+        Some(Command::Serve) | None => {
+            let signal = stopped_by.clone();
+            let shutdown = async move {
+                let name = shutdown_signal().await;
+                tracing::info!("{name} received");
+                let _ = signal.set(name);
+            };
+            kv_service::serve(&cli.serve, shutdown).await
+        }
     };
     match outcome {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            if let Some(name) = stopped_by.get() {
+                tracing::info!("stopped by {name}; exit status 0");
+            }
+            ExitCode::SUCCESS
+        }
         Err(err) => {
             tracing::error!("{err}");
             ExitCode::FAILURE
@@ -105,12 +119,12 @@ async fn copy(from: &str, to: &str) -> Result<(), kv_service::Error> {
     Ok(())
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Completes on SIGINT or SIGTERM, naming it.
+async fn shutdown_signal() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
     }
 }

@@ -11,26 +11,129 @@ use common::process::{BIN, Running, call, ready};
 use nats_rpc::testing::{NatsServer, free_port};
 use serde_json::{Value, json};
 
+/// NATS refusing at start: retried with backoff (each failure logged) for
+/// `NATS_CONNECT_TIMEOUT_SECS`, then exit 1 naming the URL; the database is not created.
 #[test]
-fn unreachable_nats_fails_fast_naming_the_url() {
+fn unreachable_nats_is_retried_then_fails_naming_the_url() {
     let url = format!("nats://127.0.0.1:{}", free_port().unwrap());
     let started = Instant::now();
-    let mut service = Running::start(&url);
-    let (status, log) = service.wait(Duration::from_secs(10));
-    assert!(!status.success(), "exit status {status}");
-    assert!(started.elapsed() < Duration::from_secs(10));
-    assert!(
-        log.contains(&format!("cannot connect to NATS at {url}")),
-        "the error names the URL: {log}"
+    let mut service = Running::start_in(
+        &url,
+        tempfile::tempdir().unwrap(),
+        &[("NATS_CONNECT_TIMEOUT_SECS", "2")],
     );
+    let (status, log) = service.wait(Duration::from_secs(10));
+    let elapsed = started.elapsed();
+    assert_eq!(status.code(), Some(1), "exit status {status}: {log}");
+    assert!(
+        (Duration::from_millis(1500)..Duration::from_secs(5)).contains(&elapsed),
+        "gave up after {elapsed:?}"
+    );
+    assert!(log.contains("retrying"), "each failure is logged: {log}");
+    assert!(
+        log.contains(&format!("cannot connect to NATS at {url}"))
+            && log.contains("--nats-connect-timeout"),
+        "the error names the URL and the setting: {log}"
+    );
+}
+
+/// The bus coming up after the service (container start order): it connects once NATS is
+/// there and serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_starting_after_the_service_is_waited_for() {
+    let mut nats = NatsServer::start();
+    nats.stop();
+    let service = Running::start(&nats.url());
+    assert!(
+        service.wait_for_log("retrying", Duration::from_secs(5)),
+        "{}",
+        service.log()
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    nats.restart();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    ready(&client).await;
+    let reply = call(&client, "get", json!({"plugin_name": "p", "key": "k"})).await;
+    assert_eq!(reply["success"], true, "{reply}");
+}
+
+/// Options are accepted after the subcommand too, and a bad one is refused at parse time,
+/// before anything is created.
+#[test]
+fn options_go_after_the_subcommand_and_bad_ones_fail_before_any_side_effect() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = format!("sqlite://{}", dir.path().join("kv.db").display());
+    for args in [
+        vec!["serve", "--max-in-flight", "0"],
+        vec!["--max-in-flight", "0", "serve"],
+        vec!["serve", "--queue-group", ""],
+        vec!["serve", "--nats-connect-timeout", "0"],
+    ] {
+        let output = Command::new(BIN)
+            .args(&args)
+            .env("DATABASE_URL", &database)
+            .env("NATS_URL", "nats://127.0.0.1:1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("invalid value"), "{args:?}: {stderr}");
+        assert!(
+            !dir.path().join("kv.db").exists(),
+            "{args:?} created the database"
+        );
+    }
+    let output = Command::new(BIN)
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        help.contains("--nats-url")
+            && help.contains("--max-in-flight")
+            && help.contains("RUST_LOG"),
+        "{help}"
+    );
+}
+
+/// `serve --nats-url X` (after the subcommand) is used, and the last log line says which
+/// signal stopped it and that the exit status is 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_takes_its_options_and_says_what_stopped_it() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let database = format!("sqlite://{}", dir.path().join("kv.db").display());
+    let url = nats.url();
+    let mut service = kv_service::testing::Service::spawn(
+        BIN,
+        &[
+            "serve",
+            "--nats-url",
+            url.as_str(),
+            "--database-url",
+            database.as_str(),
+        ],
+        &[("NATS_URL", "nats://127.0.0.1:1")],
+    );
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    ready(&client).await;
+    service.signal("-INT");
+    let (status, log) = tokio::task::spawn_blocking(move || service.wait(Duration::from_secs(15)))
+        .await
+        .unwrap();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("stopped by SIGINT; exit status 0"), "{log}");
 }
 
 #[test]
 fn credentials_in_the_url_never_reach_the_log() {
     let url = format!("nats://alice:s3cr3t-pw@127.0.0.1:{}", free_port().unwrap());
     // Even at trace level, where async-nats would print the URL with its password.
-    let mut service =
-        Running::start_in(&url, tempfile::tempdir().unwrap(), &[("RUST_LOG", "trace")]);
+    let mut service = Running::start_in(
+        &url,
+        tempfile::tempdir().unwrap(),
+        &[("RUST_LOG", "trace"), ("NATS_CONNECT_TIMEOUT_SECS", "1")],
+    );
     let (status, log) = service.wait(Duration::from_secs(10));
     assert!(!status.success());
     assert!(!log.contains("s3cr3t-pw"), "secret leaked: {log}");

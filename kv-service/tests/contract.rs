@@ -1372,6 +1372,85 @@ async fn integral_floats_for_ttl_and_limit_are_rejected_naming_the_field(backend
     assert_eq!(get(&kv, "p", "k").await, absent());
 }
 
+/// `-0` is the integer zero (JSON has no separate negative zero integer, and JSON Schema counts
+/// it an integer), so it fails the range rule like `0`. `-0.0` breaks two rules (written as a
+/// fraction, and below 1): exactly one is reported, which one is not part of the contract.
+async fn minus_zero_is_zero_for_ttl_and_limit(backend: Backend) {
+    let kv = Harness::start(backend).await;
+    let ttl_type = "Field 'ttl_seconds' must be of type integer or null";
+    let limit_type = "Field 'limit' must be of type integer or null";
+    let cases: [(&str, &str, &[&str]); 4] = [
+        (
+            "set",
+            r#"{"plugin_name":"p","key":"k","value":1,"ttl_seconds":-0}"#,
+            &["Field 'ttl_seconds' must be >= 1"],
+        ),
+        (
+            "set",
+            r#"{"plugin_name":"p","key":"k","value":1,"ttl_seconds":-0.0}"#,
+            &["Field 'ttl_seconds' must be >= 1", ttl_type],
+        ),
+        (
+            "list",
+            r#"{"plugin_name":"p","limit":-0}"#,
+            &["Field 'limit' must be >= 1"],
+        ),
+        (
+            "list",
+            r#"{"plugin_name":"p","limit":-0.0}"#,
+            &["Field 'limit' must be >= 1", limit_type],
+        ),
+    ];
+    for (op, body, allowed) in cases {
+        let reply = kv.raw(&subject(op), body).await;
+        assert_eq!(
+            reply.body["error"]["code"], "VALIDATION_ERROR",
+            "{op} {body}"
+        );
+        let message = reply.body["error"]["message"].as_str().unwrap();
+        assert!(allowed.contains(&message), "{op} {body}: {message}");
+    }
+    assert_eq!(get(&kv, "p", "k").await, absent());
+}
+
+/// Duplicate members: a request field given twice is refused; an unknown member is ignored
+/// however often it appears; a `value` is stored as sent, repeated names included (it comes
+/// back byte for byte; most JSON parsers then keep the last).
+async fn duplicate_members_the_rule_at_the_top_and_inside_value(backend: Backend) {
+    let kv = Harness::start(backend).await;
+    let known = r#"{"plugin_name":"p","key":"k","key":"j","value":1}"#;
+    let reply = kv.raw(&subject("set"), known).await;
+    assert_eq!(reply.body["success"], false, "{}", reply.body);
+    assert_eq!(reply.body["error"]["code"], "VALIDATION_ERROR");
+    let message = reply.body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("Invalid request: duplicate field `key` at line 1 column"),
+        "{message}"
+    );
+    assert_eq!(get(&kv, "p", "k").await, absent());
+    assert_eq!(get(&kv, "p", "j").await, absent());
+
+    let unknown = r#"{"plugin_name":"p","key":"k","x":1,"x":2,"value":1}"#;
+    assert_eq!(
+        kv.raw(&subject("set"), unknown).await.body,
+        success(json!({}))
+    );
+    assert_eq!(get(&kv, "p", "k").await, found(json!(1)));
+
+    let inside = r#"{"plugin_name":"p","key":"dup","value":{"a":1,"a":2}}"#;
+    assert_eq!(
+        kv.raw(&subject("set"), inside).await.body,
+        success(json!({}))
+    );
+    let raw = kv
+        .raw_payload(
+            &subject("get"),
+            json!({"plugin_name": "p", "key": "dup"}).to_string(),
+        )
+        .await;
+    assert_eq!(raw_value_text(&raw), r#"{"a":1,"a":2}"#);
+}
+
 async fn list_limit_wrong_types_and_out_of_range(backend: Backend) {
     let kv = Harness::start(backend).await;
     let type_message = "Field 'limit' must be of type integer or null";
@@ -1855,6 +1934,8 @@ macro_rules! on_every_backend {
 
 on_every_backend! {
     integral_floats_for_ttl_and_limit_are_rejected_naming_the_field,
+    minus_zero_is_zero_for_ttl_and_limit,
+    duplicate_members_the_rule_at_the_top_and_inside_value,
     set_then_get_round_trips,
     object_values_round_trip,
     array_values_round_trip,

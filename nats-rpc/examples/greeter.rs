@@ -55,8 +55,7 @@ async fn hello(greeter: &Greeter, request: Hello) -> Result<Greeting, nats_rpc::
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
@@ -64,11 +63,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let service = Service::builder("greeter", "1.0.0")
         .description("says hello")
         .endpoint::<hello>()
-        .serve(nats, Greeter {
-            word: "Hello".into(),
-        })
+        .serve(
+            nats,
+            Greeter {
+                word: "Hello".into(),
+            },
+        )
         .await?;
-    tracing::info!(id = service.id(), "greeter serving demo.hello; Ctrl-C stops it");
+    tracing::info!(
+        id = service.id(),
+        "greeter serving demo.hello; Ctrl-C stops it"
+    );
     service
         .run_until(async {
             let _ = tokio::signal::ctrl_c().await;

@@ -69,6 +69,7 @@ impl Harness {
             queue_group: nats_rpc::DEFAULT_QUEUE_GROUP.into(),
             plugin_subjects: false,
             metrics_addr: None,
+            nats_connect_timeout: std::time::Duration::from_secs(10),
         };
         tweak(&mut config);
         let (stop, stopped) = oneshot::channel::<()>();

@@ -1,5 +1,13 @@
-//! The expansion adds no warnings under strict lints.
-#![deny(warnings, missing_docs, unused, unreachable_pub, nonstandard_style, rust_2018_idioms)]
+//! The expansion adds no warnings under strict lints (an ordinary test target, so that
+//! trybuild has no pass case to build; see expansion_hygiene.rs).
+#![deny(
+    warnings,
+    missing_docs,
+    unused,
+    unreachable_pub,
+    nonstandard_style,
+    rust_2018_idioms
+)]
 
 use nats_rpc::nats_rpc;
 
@@ -51,7 +59,8 @@ mod private {
     }
 }
 
-fn main() {
+#[test]
+fn expands_without_warnings_under_strict_lints() {
     use nats_rpc::Endpoint;
     assert_eq!(<get as Endpoint>::NAME, "get-one");
     assert_eq!(<private::hidden as Endpoint>::SUBJECT, "strict.private");

@@ -1,5 +1,7 @@
 //! The expansion names everything by absolute path: it compiles with no prelude and with local
-//! modules shadowing `core`, `std`, `serde` and `nats_rpc`.
+//! modules shadowing `core`, `std`, `serde` and `nats_rpc`. (An ordinary test target rather than
+//! a trybuild pass case: compiling it is the check, and without pass cases trybuild only has to
+//! `cargo check` its copy of the dependencies instead of building them.)
 
 pub struct State;
 
@@ -34,7 +36,8 @@ mod strict {
     }
 }
 
-fn main() {
+#[test]
+fn expands_with_no_prelude_and_shadowed_crate_names() {
     fn assert_endpoint<E: nats_rpc::Endpoint>() -> &'static str {
         E::SUBJECT
     }

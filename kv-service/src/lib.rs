@@ -33,7 +33,7 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()>) -> 
     let ops = match config.metrics_addr {
         Some(addr) => {
             let ops = ops::Ops::new(ops::recorder()?);
-            let server = AbortOnDrop(ops::spawn(addr, ops.clone()).await?);
+            let server = AbortOnDrop::new(ops::spawn(addr, ops.clone()).await?);
             Some((ops, server))
         }
         None => None,
@@ -128,18 +128,36 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()>) -> 
         Ok(Err(err)) => tracing::debug!(%err, "closing the NATS connection"),
         Err(_) => tracing::warn!("NATS did not confirm the last replies in time"),
     }
-    drop(ops);
+    if let Some((_, server)) = ops {
+        server.stop().await; // a health probe in progress holds the store
+    }
     close_store(store).await;
     tracing::info!("closed: every request taken was answered, every queued write committed");
     Ok(())
 }
 
-/// Aborts a background task when dropped, on every path out of [`serve`].
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// Aborts a background task when dropped, on every path out of [`serve`];
+/// [`AbortOnDrop::stop`] also waits until it is gone (and what it held with it).
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl AbortOnDrop {
+    fn new(task: tokio::task::JoinHandle<()>) -> Self {
+        AbortOnDrop(Some(task))
+    }
+
+    async fn stop(mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
-        self.0.abort();
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
     }
 }
 
@@ -331,17 +349,17 @@ async fn purge_forever(store: Arc<Store>, every: Duration) {
     }
 }
 
-/// Waits for the last users of the store (finishing request tasks) to let go, then closes it so
-/// the writer commits everything queued.
-async fn close_store(mut store: Arc<Store>) {
-    for _ in 0..100 {
-        match Arc::try_unwrap(store) {
-            Ok(store) => return store.close().await,
-            Err(shared) => store = shared,
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+/// Closes the store so the writer commits everything queued. Every other holder is gone by now
+/// (the drained service, the purge task, the metrics server: each awaited), unless the drain
+/// timed out with requests still running.
+async fn close_store(store: Arc<Store>) {
+    match Arc::try_unwrap(store) {
+        Ok(store) => store.close().await,
+        Err(_) => tracing::warn!(
+            "requests still running after the drain timeout hold the store; its writer \
+             commits what they queued on its own"
+        ),
     }
-    tracing::warn!("store still in use at exit; its writer finishes queued writes on its own");
 }
 
 /// Writes every endpoint's request, success-reply and error-reply schema to `dir`, one file

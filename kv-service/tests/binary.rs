@@ -186,6 +186,12 @@ async fn sigterm_answers_requests_in_flight_and_exits_zero() {
         "one ready line naming the subjects: {log}"
     );
     assert!(log.contains("stopped"), "{log}");
+    // The drain gave the store back at once: it was closed (queued writes committed), not
+    // left to its writer.
+    assert!(
+        log.contains("closed: every request taken was answered") && !log.contains("hold the store"),
+        "{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -173,7 +173,8 @@ impl Service {
 
     /// Graceful drain: stop taking new requests (unsubscribe), answer the ones already received
     /// (buffered or in flight), then stop. Returns `Err` if in-flight requests were still running
-    /// after the drain timeout.
+    /// after the drain timeout. On `Ok`, the service holds the state no more: the caller's
+    /// `Arc` is the last one unless it shared it elsewhere.
     pub async fn shutdown(self) -> Result<(), DrainTimeout> {
         // A round trip to the server first: everything it routed to us before this point is
         // then in our subscription buffers, where the drain below still answers it (async-nats
@@ -188,11 +189,11 @@ impl Service {
         let permits = u32::try_from(self.max_in_flight).unwrap_or(u32::MAX);
         let drained = async {
             for reader in self.readers {
-                if connected {
-                    let _ = reader.await;
-                } else {
+                if !connected {
                     reader.abort();
                 }
+                // Awaited either way: an aborted reader drops its hold on the state here.
+                let _ = reader.await;
             }
             // Every permit back means every spawned request has replied.
             let _ = self.permits.acquire_many(permits).await;
@@ -743,6 +744,9 @@ impl<E: Endpoint> Running<E> {
             .instrument(span)
             .await;
         self.metrics.in_flight.decrement(1);
+        // The state goes before the permit: once shutdown holds every permit, no request task
+        // still holds the state, so the caller can take it back (e.g. to close a database).
+        drop(self);
         drop(permit);
     }
 

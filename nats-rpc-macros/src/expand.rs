@@ -47,6 +47,7 @@ pub fn render(func: &ItemFn, handler: &Handler<'_>) -> TokenStream {
         #[allow(non_camel_case_types, dead_code)]
         #vis struct #ident {}
 
+        #[automatically_derived]
         impl ::nats_rpc::Endpoint for #ident {
             const SUBJECT: &'static ::core::primitive::str = #subject;
             const NAME: &'static ::core::primitive::str = #name;

@@ -428,9 +428,11 @@ impl<S: Send + Sync + 'static> ServiceBuilder<S> {
             )));
         }
         if self.max_in_flight == 0 || self.max_in_flight > Semaphore::MAX_PERMITS {
-            return Err(ServeError::Config(
-                "max_in_flight must be at least 1".into(),
-            ));
+            return Err(ServeError::Config(format!(
+                "max_in_flight is {}; it must be from 1 to {}",
+                self.max_in_flight,
+                Semaphore::MAX_PERMITS
+            )));
         }
         if self.endpoints.is_empty() {
             return Err(ServeError::Config(

@@ -772,6 +772,31 @@ async fn invalid_configurations_are_refused_with_reasons() {
         refuse(Service::builder("ok", "1.0.0")).await,
         "invalid service configuration: a service needs at least one endpoint"
     );
+    assert_eq!(
+        refuse(
+            Service::builder("ok", "1.0.0")
+                .endpoint::<echo>()
+                .max_in_flight(0)
+        )
+        .await,
+        format!(
+            "invalid service configuration: max_in_flight is 0; it must be from 1 to {}",
+            tokio::sync::Semaphore::MAX_PERMITS
+        )
+    );
+    let huge = tokio::sync::Semaphore::MAX_PERMITS + 1;
+    assert_eq!(
+        refuse(
+            Service::builder("ok", "1.0.0")
+                .endpoint::<echo>()
+                .max_in_flight(huge)
+        )
+        .await,
+        format!(
+            "invalid service configuration: max_in_flight is {huge}; it must be from 1 to {}",
+            tokio::sync::Semaphore::MAX_PERMITS
+        )
+    );
 }
 
 /// `discover` finds every instance of one service (and only that service), with its metadata

@@ -230,12 +230,17 @@ impl std::str::FromStr for Secret {
     }
 }
 
+/// The longest duration a millisecond option takes: an hour.
+const MAX_MILLIS: u64 = 3_600_000;
+/// The longest duration a seconds option takes: a year.
+const MAX_SECONDS: u64 = 31_536_000;
+
 fn parse_millis(text: &str) -> Result<Duration, String> {
     match text.parse::<u64>() {
-        Ok(0) | Err(_) => Err(format!(
-            "`{text}` is not a whole number of milliseconds >= 1"
+        Ok(millis @ 1..=MAX_MILLIS) => Ok(Duration::from_millis(millis)),
+        _ => Err(format!(
+            "`{text}` is not a whole number of milliseconds from 1 to {MAX_MILLIS}"
         )),
-        Ok(millis) => Ok(Duration::from_millis(millis)),
     }
 }
 
@@ -261,8 +266,10 @@ fn parse_queue_group(text: &str) -> Result<String, String> {
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {
     match text.parse::<u64>() {
-        Ok(0) | Err(_) => Err(format!("`{text}` is not a whole number of seconds >= 1")),
-        Ok(seconds) => Ok(Duration::from_secs(seconds)),
+        Ok(seconds @ 1..=MAX_SECONDS) => Ok(Duration::from_secs(seconds)),
+        _ => Err(format!(
+            "`{text}` is not a whole number of seconds from 1 to {MAX_SECONDS}"
+        )),
     }
 }
 

@@ -28,20 +28,29 @@ pub type Error = Box<dyn std::error::Error + Send + Sync>;
 /// same subjects, serves the endpoints until `shutdown` completes, then drains: in-flight
 /// requests are answered and queued writes committed before it returns.
 pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    // Watched from the start: a signal while the store opens or NATS is retried stops cleanly.
+    let mut shutdown = std::pin::pin!(shutdown);
     // First: the recorder must exist before the store and the endpoints register their metrics,
     // and a taken metrics port should fail the start before anything else happens.
     let ops = match config.metrics_addr {
         Some(addr) => {
             let ops = ops::Ops::new(ops::recorder()?);
-            let server = AbortOnDrop::new(ops::spawn(addr, ops.clone()).await?);
+            let server = ops::spawn(addr, ops.clone()).await?;
             Some((ops, server))
         }
         None => None,
     };
     let database = redact_url(&config.database_url);
-    let store = Store::open(&config.store_options())
-        .await
-        .map_err(|err| format!("cannot open database `{database}`: {err}"))?;
+    let options = config.store_options();
+    let store = tokio::select! {
+        store = Store::open(&options) => {
+            store.map_err(|err| format!("cannot open database `{database}`: {err}"))?
+        }
+        () = &mut shutdown => {
+            tracing::info!("stopped before serving");
+            return Ok(());
+        }
+    };
     let store = Arc::new(store);
     let mut subjects = vec![
         api::set::SUBJECT,
@@ -59,7 +68,15 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()>) -> 
     }
     let mine = peers::Mine::new(&store, subjects.iter().map(|s| s.to_string()).collect());
 
-    let nats = match connect(config).await {
+    let connected = tokio::select! {
+        connected = connect(config) => connected,
+        () = &mut shutdown => {
+            close_store(store).await;
+            tracing::info!("stopped before serving");
+            return Ok(());
+        }
+    };
+    let nats = match connected {
         Ok(nats) => nats,
         Err(err) => {
             close_store(store).await;
@@ -116,9 +133,13 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()>) -> 
         ops.draining();
     }
     watcher.abort();
-    if let Err(err) = service.shutdown().await {
-        tracing::warn!(%err, "drain incomplete");
-    }
+    let drained = match service.shutdown().await {
+        Ok(()) => true,
+        Err(err) => {
+            tracing::warn!(%err, "drain incomplete: requests still running were cut off");
+            false
+        }
+    };
     purger.abort();
     let _ = purger.await;
     let _ = watcher.await;
@@ -131,34 +152,10 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()>) -> 
     if let Some((_, server)) = ops {
         server.stop().await; // a health probe in progress holds the store
     }
-    close_store(store).await;
-    tracing::info!("closed: every request taken was answered, every queued write committed");
+    if close_store(store).await && drained {
+        tracing::info!("closed: every request taken was answered, every queued write committed");
+    }
     Ok(())
-}
-
-/// Aborts a background task when dropped, on every path out of [`serve`];
-/// [`AbortOnDrop::stop`] also waits until it is gone (and what it held with it).
-struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
-
-impl AbortOnDrop {
-    fn new(task: tokio::task::JoinHandle<()>) -> Self {
-        AbortOnDrop(Some(task))
-    }
-
-    async fn stop(mut self) {
-        if let Some(task) = self.0.take() {
-            task.abort();
-            let _ = task.await;
-        }
-    }
-}
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        if let Some(task) = &self.0 {
-            task.abort();
-        }
-    }
 }
 
 /// Keys moved per page by [`copy`].
@@ -243,31 +240,35 @@ const CONNECT_MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// async-nats reconnects on its own, forever, and resubscribes.
 async fn connect(config: &ServeConfig) -> Result<async_nats::Client, Error> {
     let url = config::redact_url(&config.nats_url);
-    let give_up = tokio::time::Instant::now() + config.nats_connect_timeout;
+    let started = tokio::time::Instant::now();
+    let give_up = started + config.nats_connect_timeout;
     let mut backoff = CONNECT_FIRST_BACKOFF;
     let mut attempt = 1;
     loop {
         let remaining = give_up.saturating_duration_since(tokio::time::Instant::now());
-        let error = match connect_once(config, remaining.min(CONNECT_ATTEMPT_TIMEOUT)).await {
+        // The last attempt, at the deadline, still gets a moment to connect.
+        let limit = remaining.clamp(CONNECT_FIRST_BACKOFF, CONNECT_ATTEMPT_TIMEOUT);
+        let error = match connect_once(config, limit).await {
             Ok(client) => return Ok(client),
             Err(ConnectFailure::Fatal(err)) => return Err(err),
             Err(ConnectFailure::Retry(reason)) => reason,
         };
-        let now = tokio::time::Instant::now();
-        if now + backoff >= give_up {
+        let remaining = give_up.saturating_duration_since(tokio::time::Instant::now());
+        if remaining.is_zero() {
             return Err(format!(
-                "cannot connect to NATS at {url}: {error} (tried {attempt} times in {} s; \
+                "cannot connect to NATS at {url}: {error} (tried {attempt} times in {:.1} s; \
                  --nats-connect-timeout)",
-                config.nats_connect_timeout.as_secs()
+                started.elapsed().as_secs_f64()
             )
             .into());
         }
+        let pause = backoff.min(remaining);
         tracing::warn!(
             attempt,
-            retry_in_ms = backoff.as_millis() as u64,
+            retry_in_ms = pause.as_millis() as u64,
             "cannot connect to NATS at {url}: {error}; retrying"
         );
-        tokio::time::sleep(backoff).await;
+        tokio::time::sleep(pause).await;
         backoff = (backoff * 2).min(CONNECT_MAX_BACKOFF);
         attempt += 1;
     }
@@ -349,16 +350,22 @@ async fn purge_forever(store: Arc<Store>, every: Duration) {
     }
 }
 
-/// Closes the store so the writer commits everything queued. Every other holder is gone by now
-/// (the drained service, the purge task, the metrics server: each awaited), unless the drain
-/// timed out with requests still running.
-async fn close_store(store: Arc<Store>) {
+/// Closes the store so the writer commits everything queued; false (and an error logged) when
+/// something still holds it. Every other holder is gone by now (the drained service, the purge
+/// task, the metrics server: each awaited), unless the drain timed out with requests running.
+async fn close_store(store: Arc<Store>) -> bool {
     match Arc::try_unwrap(store) {
-        Ok(store) => store.close().await,
-        Err(_) => tracing::warn!(
-            "requests still running after the drain timeout hold the store; its writer \
-             commits what they queued on its own"
-        ),
+        Ok(store) => {
+            store.close().await;
+            true
+        }
+        Err(_) => {
+            tracing::error!(
+                "requests still running after the drain timeout hold the store: writes they \
+                 queued and did not hear back about may not be committed"
+            );
+            false
+        }
     }
 }
 

@@ -60,6 +60,15 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> ExitCode {
+    // Installed before anything else happens, so SIGTERM during start-up (the store opening,
+    // NATS retried) is a clean stop too, not the default kill.
+    let signals = match Signals::install() {
+        Ok(signals) => signals,
+        Err(err) => {
+            tracing::error!("cannot install signal handlers: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
     let stopped_by = std::sync::Arc::new(std::sync::OnceLock::new());
     let outcome = match cli.command {
         Some(Command::Schemas { dir }) => kv_service::write_schemas(&dir)
@@ -78,7 +87,7 @@ async fn run(cli: Cli) -> ExitCode {
         Some(Command::Serve) | None => {
             let signal = stopped_by.clone();
             let shutdown = async move {
-                let name = shutdown_signal().await;
+                let name = signals.first().await;
                 tracing::info!("{name} received");
                 let _ = signal.set(name);
             };
@@ -119,12 +128,26 @@ async fn copy(from: &str, to: &str) -> Result<(), kv_service::Error> {
     Ok(())
 }
 
-/// Completes on SIGINT or SIGTERM, naming it.
-async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
+/// SIGINT and SIGTERM, caught from the moment they are installed.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// The first to arrive, by name.
+    async fn first(mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
+        }
     }
 }

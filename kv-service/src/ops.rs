@@ -35,6 +35,7 @@ const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256
 
 const NATS_CONNECTED: &str = "kv_nats_connected";
 const NATS_CONNECTS: &str = "kv_nats_connects_total";
+const MIRROR_ENABLED: &str = "kv_mirror_enabled";
 const MIRROR_KEYS: &str = "kv_mirror_keys";
 const MIRROR_BYTES: &str = "kv_mirror_bytes";
 const STORE_INFO: &str = "kv_store_info";
@@ -43,10 +44,12 @@ const STORE_INFO: &str = "kv_store_info";
 /// the service registers its endpoints, whose metric handles bind to the recorder of that
 /// moment). Several services in one process (tests) share it.
 pub fn recorder() -> Result<PrometheusHandle, String> {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    if let Some(handle) = HANDLE.get() {
-        return Ok(handle.clone());
-    }
+    static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
+    // Installed inside `get_or_init`: concurrent first calls wait for the one install.
+    HANDLE.get_or_init(install).clone()
+}
+
+fn install() -> Result<PrometheusHandle, String> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
         .and_then(|builder| {
@@ -55,7 +58,7 @@ pub fn recorder() -> Result<PrometheusHandle, String> {
         .and_then(PrometheusBuilder::install_recorder)
         .map_err(|err| format!("cannot install the metrics recorder: {err}"))?;
     describe();
-    Ok(HANDLE.get_or_init(|| handle).clone())
+    Ok(handle)
 }
 
 fn describe() {
@@ -87,8 +90,12 @@ fn describe() {
         "Connections made to NATS (the first and every reconnect)"
     );
     describe_gauge!(
+        MIRROR_ENABLED,
+        "1 while reads are served from the in-memory mirror (SQLite within its budget)"
+    );
+    describe_gauge!(
         MIRROR_KEYS,
-        "Rows in the in-memory read mirror (SQLite; absent without one)"
+        "Rows in the in-memory read mirror (0 without one)"
     );
     describe_gauge!(
         MIRROR_BYTES,
@@ -167,7 +174,7 @@ impl Ops {
         let Some(store) = store.upgrade() else {
             return Err("shutting down".into());
         };
-        match tokio::time::timeout(PROBE_TIMEOUT, store.probe()).await {
+        match tokio::time::timeout(PROBE_TIMEOUT, store.probe(PROBE_TIMEOUT)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(err)) => Err(format!("database: not writable: {err}")),
             Err(_) => Err(format!(
@@ -184,7 +191,11 @@ impl Ops {
             metrics::gauge!(NATS_CONNECTED).set(f64::from(u8::from(connected)));
             let connects = nats.statistics().connects.load(Ordering::Relaxed);
             metrics::counter!(NATS_CONNECTS).absolute(connects);
-            if let Some((keys, bytes)) = store.upgrade().and_then(|store| store.mirror_usage()) {
+            if let Some(store) = store.upgrade() {
+                // 0 once the mirror is dropped (over budget) or when there is none.
+                let usage = store.mirror_usage();
+                let (keys, bytes) = usage.unwrap_or((0, 0));
+                metrics::gauge!(MIRROR_ENABLED).set(f64::from(u8::from(usage.is_some())));
                 metrics::gauge!(MIRROR_KEYS).set(keys as f64);
                 metrics::gauge!(MIRROR_BYTES).set(bytes as f64);
             }
@@ -193,9 +204,38 @@ impl Ops {
     }
 }
 
+/// The running HTTP server; [`Server::stop`] ends it.
+#[derive(Debug)]
+pub struct Server {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Stops accepting, lets requests in progress (a health probe holding the store) finish,
+    /// and returns once they have.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Server {
+    /// On every other way out of `serve` (a failed start): no waiting, just gone.
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
 /// Binds `addr` now (so a taken port fails the start, before anything else happens) and
-/// serves `/metrics` and `/healthz` until aborted.
-pub async fn spawn(addr: SocketAddr, ops: Arc<Ops>) -> Result<JoinHandle<()>, String> {
+/// serves `/metrics`, `/healthz` and `/livez` until stopped.
+pub async fn spawn(addr: SocketAddr, ops: Arc<Ops>) -> Result<Server, String> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|err| format!("cannot serve metrics on {addr}: {err}"))?;
@@ -205,8 +245,10 @@ pub async fn spawn(addr: SocketAddr, ops: Arc<Ops>) -> Result<JoinHandle<()>, St
     let app = Router::new()
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(healthz))
+        .route("/livez", get(livez))
         .with_state(ops);
-    Ok(tokio::spawn(async move {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
         let mut ticker = tokio::time::interval(UPKEEP_INTERVAL);
         let upkeep = async move {
             loop {
@@ -214,15 +256,31 @@ pub async fn spawn(addr: SocketAddr, ops: Arc<Ops>) -> Result<JoinHandle<()>, St
                 upkeep.run_upkeep();
             }
         };
+        let served = axum::serve(listener, app).with_graceful_shutdown(async {
+            let _ = stopped.await;
+        });
         tokio::select! {
-            served = axum::serve(listener, app) => {
+            served = served => {
                 if let Err(err) = served {
                     tracing::error!(%err, "the metrics server stopped");
                 }
             }
             () = upkeep => {}
         }
-    }))
+    });
+    Ok(Server {
+        stop: Some(stop),
+        task: Some(task),
+    })
+}
+
+/// Liveness: the process answers HTTP. Unlike `/healthz` it does not look at NATS or the
+/// database, whose outages kv-service rides out by itself (restarting it would not help).
+async fn livez() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        "{\"status\":\"alive\"}\n",
+    )
 }
 
 async fn metrics_text(State(ops): State<Arc<Ops>>) -> impl IntoResponse {

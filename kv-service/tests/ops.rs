@@ -193,6 +193,10 @@ async fn metrics_count_traffic_and_healthz_follows_nats() {
             json!({"status": "ok", "nats": "connected", "database": "writable"})
         )
     );
+    assert_eq!(
+        ops.get("/livez").await,
+        (200, "{\"status\":\"alive\"}\n".to_owned())
+    );
 
     for n in 0..5 {
         let reply = call(
@@ -250,6 +254,7 @@ async fn metrics_count_traffic_and_healthz_follows_nats() {
     assert!(at("kv_store_batch_writes_sum", &[]) >= 6.0, "{text}");
     assert!(at("kv_store_batch_writes_count", &[]) >= 1.0, "{text}");
     assert!(at("kv_store_commit_seconds_count", &[]) >= 1.0, "{text}");
+    assert_eq!(at("kv_mirror_enabled", &[]), 1.0);
     assert_eq!(at("kv_mirror_keys", &[]), 5.0);
     assert!(at("kv_mirror_bytes", &[]) > 0.0);
     assert_eq!(at("kv_nats_connected", &[]), 1.0);
@@ -289,6 +294,8 @@ async fn metrics_count_traffic_and_healthz_follows_nats() {
     assert_eq!(down["status"], "unavailable");
     let reason = down["reason"].as_str().unwrap();
     assert!(reason.starts_with("NATS: not connected"), "{reason}");
+    // Liveness does not follow NATS: the process is fine and will reconnect by itself.
+    assert_eq!(ops.get("/livez").await.0, 200);
     let (_, samples) = ops.scrape().await;
     assert_eq!(value(&samples, "kv_nats_connected", &[]), Some(0.0));
     nats.restart();

@@ -20,7 +20,8 @@
 //! schemars = "1"
 //! serde = { version = "1", features = ["derive"] }
 //! tokio = { version = "1", features = ["macros", "rt-multi-thread", "signal"] }
-//! tracing-subscriber = "0.3"
+//! tracing = "0.1"
+//! tracing-subscriber = { version = "0.3", features = ["env-filter"] }
 //! ```
 
 use nats_rpc::{Service, nats_rpc};

@@ -644,6 +644,15 @@ impl Reply {
     }
 }
 
+/// Whether a reply's time goes into the latency figures: not for requests shed without running
+/// (their microseconds would pull the percentiles down exactly when the service is saturated;
+/// they are counted as requests and as shed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Measured {
+    Yes,
+    No,
+}
+
 /// One endpoint being served.
 struct Running<E: Endpoint> {
     client: async_nats::Client,
@@ -716,7 +725,7 @@ impl<E: Endpoint> Running<E> {
         permit: OwnedSemaphorePermit,
     ) {
         let started = Instant::now();
-        let span = telemetry::request_span(
+        let (span, trace) = telemetry::request_span(
             &self.span_name,
             E::NAME,
             E::SUBJECT,
@@ -724,25 +733,24 @@ impl<E: Endpoint> Running<E> {
             message.headers.as_ref(),
         );
         self.metrics.in_flight.increment(1);
-        let reply = match expired(deadline) {
+        let (reply, measured) = match expired(deadline) {
             Some(reply) => {
                 self.metrics.expired.increment(1);
-                reply
+                (reply, Measured::No)
             }
             None => {
-                self.responder
-                    .run(
-                        message.subject.as_str(),
-                        &message.payload,
-                        message.headers.as_ref(),
-                        deadline,
-                    )
-                    .instrument(span.clone())
-                    .await
+                let run = self.responder.run(
+                    message.subject.as_str(),
+                    &message.payload,
+                    message.headers.as_ref(),
+                    deadline,
+                );
+                let reply = telemetry::within(trace, run.instrument(span.clone())).await;
+                (reply, Measured::Yes)
             }
         };
         telemetry::record_outcome(&span, reply.code());
-        self.finish(started, message.reply, reply)
+        self.finish(started, message.reply, reply, measured)
             .instrument(span)
             .await;
         self.metrics.in_flight.decrement(1);
@@ -761,14 +769,24 @@ impl<E: Endpoint> Running<E> {
             ),
         );
         self.metrics.overloaded.increment(1);
-        self.finish(Instant::now(), message.reply, reply).await;
+        self.finish(Instant::now(), message.reply, reply, Measured::No)
+            .await;
     }
 
-    async fn finish(&self, started: Instant, to: Option<async_nats::Subject>, reply: Reply) {
+    async fn finish(
+        &self,
+        started: Instant,
+        to: Option<async_nats::Subject>,
+        reply: Reply,
+        measured: Measured,
+    ) {
         let elapsed = started.elapsed();
-        self.stats.record(elapsed, reply.error());
+        let measured = measured == Measured::Yes;
+        self.stats.record(elapsed, reply.error(), measured);
         self.metrics.answered(reply.code().map(|(code, _)| code));
-        self.metrics.duration.record(elapsed.as_secs_f64());
+        if measured {
+            self.metrics.duration.record(elapsed.as_secs_f64());
+        }
         let Some(to) = to else {
             tracing::debug!(endpoint = E::NAME, "request without a reply subject");
             return;

@@ -50,7 +50,9 @@ pub struct StatsSnapshot {
     pub average_processing_time: Duration,
     /// `CODE: message` of the latest error reply, empty when there was none.
     pub last_error: String,
-    /// Processing-time percentiles of the requests of the last [`LATENCY_WINDOW`].
+    /// Processing-time percentiles of the requests run (not those shed as overloaded or past
+    /// their deadline) in the last [`LATENCY_WINDOW`] (50 to 60 s: the window moves in 10 s
+    /// steps).
     pub latency: Latency,
 }
 
@@ -67,11 +69,15 @@ pub struct Latency {
 }
 
 impl EndpointStats {
-    pub(crate) fn record(&self, elapsed: Duration, error: Option<(&str, &str)>) {
+    /// Counts one reply; its time goes into the latency window when `measured` (requests shed
+    /// without running are counted, not timed).
+    pub(crate) fn record(&self, elapsed: Duration, error: Option<(&str, &str)>, measured: bool) {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         self.processing_nanos.fetch_add(nanos, Ordering::Relaxed);
-        lock(&self.latency).record(Instant::now(), nanos);
+        if measured {
+            lock(&self.latency).record(Instant::now(), nanos);
+        }
         if let Some((code, message)) = error {
             self.errors.fetch_add(1, Ordering::Relaxed);
             let mut last = lock(&self.last_error);

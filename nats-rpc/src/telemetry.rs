@@ -2,6 +2,8 @@
 //! metrics through the [`metrics`] facade (recorded only when the application installs a
 //! recorder, e.g. a Prometheus exporter, before `serve`).
 
+use std::future::Future;
+
 use async_nats::HeaderMap;
 use metrics::{Counter, Gauge, Histogram};
 use tracing::Span;
@@ -18,8 +20,8 @@ pub const TRACEPARENT_HEADER: &str = "traceparent";
 
 /// Metric: requests answered, by `endpoint` and reply `code` (`OK` for a success).
 pub const REQUESTS_METRIC: &str = "nats_rpc_requests_total";
-/// Metric: seconds from taking a request off the subscription to its reply being sent, by
-/// `endpoint` (shed requests included).
+/// Metric: seconds from taking a request off the subscription to its reply being ready, by
+/// `endpoint`, for requests that ran (shed ones are in [`SHED_METRIC`]).
 pub const DURATION_METRIC: &str = "nats_rpc_request_duration_seconds";
 /// Metric: requests being handled now, by `endpoint`.
 pub const IN_FLIGHT_METRIC: &str = "nats_rpc_requests_in_flight";
@@ -71,7 +73,7 @@ impl TraceParent {
         })
     }
 
-    /// A new trace with a new span id, sampled.
+    /// A new trace with a new span id, sampled: for a caller starting a trace of its own.
     pub fn random() -> TraceParent {
         TraceParent {
             trace_id: rand::random::<u128>().max(1),
@@ -89,17 +91,25 @@ impl TraceParent {
     }
 }
 
+tokio::task_local! {
+    /// The trace context of the request a task is handling: what a [`crate::Client`] call made
+    /// from its handler sends on (without the `opentelemetry` feature).
+    static CURRENT: TraceParent;
+}
+
 /// The span one request runs in: `otel.name` is `process <subject template>` (the template,
 /// so wildcard endpoints make one span name and the reply inbox never appears); the concrete
 /// subject is an attribute. A valid `traceparent` is continued: its ids are recorded as
-/// `trace_id` / `parent_id`, and with the `opentelemetry` feature it becomes the span's parent.
+/// `trace_id` / `parent_id`, and with the `opentelemetry` feature it becomes the span's parent;
+/// without one the request starts a trace. The span gets its own `span_id`. Returns the span
+/// and, when it is enabled, the context calls made while handling it carry on.
 pub(crate) fn request_span(
     otel_name: &str,
     endpoint: &'static str,
     template: &'static str,
     subject: &str,
     headers: Option<&HeaderMap>,
-) -> Span {
+) -> (Span, Option<TraceParent>) {
     let span = tracing::info_span!(
         target: SPAN_TARGET,
         "request",
@@ -114,22 +124,37 @@ pub(crate) fn request_span(
         rpc.code = Empty,
         trace_id = Empty,
         parent_id = Empty,
+        span_id = Empty,
     );
     if span.is_disabled() {
-        return span;
+        return (span, None);
     }
     let parent = headers
         .and_then(|headers| headers.get(TRACEPARENT_HEADER))
         .and_then(|value| TraceParent::parse(value.as_str()));
+    let mine = TraceParent {
+        trace_id: parent.map_or_else(|| rand::random::<u128>().max(1), |p| p.trace_id),
+        parent_id: rand::random::<u64>().max(1),
+        flags: parent.map_or(1, |p| p.flags),
+    };
+    span.record("trace_id", format_args!("{:032x}", mine.trace_id));
+    span.record("span_id", format_args!("{:016x}", mine.parent_id));
     if let Some(parent) = parent {
-        span.record("trace_id", format_args!("{:032x}", parent.trace_id));
         span.record("parent_id", format_args!("{:016x}", parent.parent_id));
         #[cfg(feature = "opentelemetry")]
         if let Some(headers) = headers {
             otel::continue_trace(&span, headers);
         }
     }
-    span
+    (span, Some(mine))
+}
+
+/// Runs `handling` with `trace` as the context [`crate::Client`] calls carry on.
+pub(crate) async fn within<F: Future>(trace: Option<TraceParent>, handling: F) -> F::Output {
+    match trace {
+        Some(trace) => CURRENT.scope(trace, handling).await,
+        None => handling.await,
+    }
 }
 
 /// Records the reply's code on the request span; a 5xx is an error span.
@@ -148,16 +173,17 @@ pub(crate) fn record_outcome(span: &Span, code: Option<(&str, u16)>) {
 }
 
 /// The `traceparent` a client sends: with the `opentelemetry` feature, the current span's
-/// context when it has one; otherwise a new trace.
+/// context when it has one; else, inside a handler, the request's own (same trace, the
+/// request's span as parent); else none (the callee starts a trace: an invented parent would
+/// be a span no exporter ever saw).
 pub(crate) fn outgoing_traceparent(headers: &mut HeaderMap) {
     #[cfg(feature = "opentelemetry")]
     if otel::inject_current(headers) {
         return;
     }
-    headers.insert(
-        TRACEPARENT_HEADER,
-        TraceParent::random().header_value().as_str(),
-    );
+    if let Ok(value) = CURRENT.try_with(TraceParent::header_value) {
+        headers.insert(TRACEPARENT_HEADER, value.as_str());
+    }
 }
 
 /// One endpoint's metric handles, registered once at `serve` (so the hot path only adds).
@@ -215,7 +241,7 @@ pub(crate) fn describe() {
     metrics::describe_histogram!(
         DURATION_METRIC,
         metrics::Unit::Seconds,
-        "Time from taking a request off the subscription to sending its reply"
+        "Time from taking a request off the subscription to its reply being ready (requests that ran)"
     );
     metrics::describe_gauge!(IN_FLIGHT_METRIC, "Requests being handled now");
     metrics::describe_counter!(

@@ -178,14 +178,15 @@ async fn request_spans_record_subject_template_code_and_trace_context() {
     assert!(!echo.contains_key("otel.status_code"), "{echo:?}");
 
     // A wildcard endpoint is named by its template; the concrete subject is an attribute. An
-    // invalid traceparent starts no trace (and does not fail the request).
+    // invalid traceparent is ignored (the request starts a trace of its own, and is served).
     let fail = &spans[1];
     assert_eq!(fail["otel.name"], "process trace.room.*.fail");
     assert_eq!(fail["messaging.destination.template"], "trace.room.*.fail");
     assert_eq!(fail["messaging.destination.name"], "trace.room.lobby.fail");
     assert_eq!(fail["rpc.code"], "INTERNAL_ERROR");
     assert_eq!(fail["otel.status_code"], "ERROR");
-    assert!(!fail.contains_key("trace_id"), "{fail:?}");
+    assert!(!fail.contains_key("parent_id"), "{fail:?}");
+    assert_ne!(fail["trace_id"], TRACE_ID, "a trace of its own");
 
     for span in &spans {
         assert!(
@@ -196,21 +197,38 @@ async fn request_spans_record_subject_template_code_and_trace_context() {
     drop(f.service);
 }
 
-/// The typed client sends a fresh, valid `traceparent` when no OpenTelemetry context is current;
-/// the service records it.
+#[nats_rpc(subject = "trace.relay")]
+async fn relay(client: &Client, request: Text) -> Result<Text, nats_rpc::Error> {
+    client
+        .call::<echo>(&request)
+        .await
+        .map_err(|_| nats_rpc::Error::internal())
+}
+
+/// Without OpenTelemetry: a `Client` call made by a handler carries the request's trace on
+/// (same trace id; the handler's request span as parent); a call from outside any request
+/// sends no `traceparent`, and the callee starts a trace of its own.
 #[tokio::test]
-async fn the_client_sends_a_traceparent() {
+async fn the_client_carries_the_handlers_trace_on_and_invents_none() {
     let captured = Captured::default();
     let subscriber = tracing_subscriber::registry().with(Capture(captured.clone()));
     let _guard = tracing::subscriber::set_default(subscriber);
     let f = start().await;
-    let client = Client::new(f.nats.clone());
-    for _ in 0..2 {
-        client
-            .call::<echo>(&Text { text: "a".into() })
-            .await
-            .unwrap();
-    }
+    let relaying = Service::builder("relayer", "1.0.0")
+        .endpoint::<relay>()
+        .serve(f.nats.clone(), Client::new(f.nats.clone()))
+        .await
+        .expect("serve");
+    request_with_traceparent(
+        &f.nats,
+        "trace.relay",
+        &format!("00-{TRACE_ID}-{PARENT_ID}-01"),
+    )
+    .await;
+    Client::new(f.nats.clone())
+        .call::<echo>(&Text { text: "a".into() })
+        .await
+        .unwrap();
     let requests = || -> Vec<BTreeMap<String, String>> {
         let spans = captured.0.lock().unwrap();
         spans
@@ -219,14 +237,36 @@ async fn the_client_sends_a_traceparent() {
             .map(|(_, fields)| fields.clone())
             .collect()
     };
-    let spans = wait_for(requests, 2).await;
-    let ids: Vec<&String> = spans.iter().map(|span| &span["trace_id"]).collect();
-    assert_eq!(ids.len(), 2);
-    assert_ne!(ids[0], ids[1], "each call starts its own trace");
-    for id in ids {
-        assert_eq!(id.len(), 32);
-        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
-    }
+    let spans = wait_for(requests, 3).await;
+    let by = |endpoint: &str| -> Vec<&BTreeMap<String, String>> {
+        spans
+            .iter()
+            .filter(|s| s["rpc.endpoint"] == endpoint)
+            .collect()
+    };
+    let relayed = by("relay");
+    assert_eq!(relayed.len(), 1, "{spans:?}");
+    let relayed = relayed[0];
+    assert_eq!(relayed["trace_id"], TRACE_ID);
+    assert_eq!(relayed["parent_id"], PARENT_ID);
+    let echoes = by("echo");
+    assert_eq!(echoes.len(), 2, "{spans:?}");
+    let inner = echoes
+        .iter()
+        .find(|s| s.get("parent_id") == relayed.get("span_id"))
+        .unwrap_or_else(|| panic!("no echo span under the relay's span: {spans:?}"));
+    assert_eq!(inner["trace_id"], TRACE_ID, "the same trace, carried on");
+    let outside = echoes
+        .iter()
+        .find(|s| s["trace_id"] != TRACE_ID)
+        .unwrap_or_else(|| panic!("no echo span of its own trace: {spans:?}"));
+    assert!(
+        !outside.contains_key("parent_id"),
+        "no invented parent: {outside:?}"
+    );
+    assert_eq!(outside["trace_id"].len(), 32);
+    assert_eq!(outside["span_id"].len(), 16);
+    drop(relaying);
 }
 
 fn otel_subscriber() -> (

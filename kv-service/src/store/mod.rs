@@ -239,8 +239,14 @@ impl Store {
 
     /// Commits a write that changes nothing, through the same writer and connection as every
     /// write: `Ok` proves the store takes writes now (`/healthz`).
-    pub async fn probe(&self) -> Result<(), StoreError> {
-        self.writer().write(writer::Write::Probe).await.map(drop)
+    /// Given up unapplied if its commit has not started within `limit`, so probes never pile
+    /// up behind a stuck database.
+    pub async fn probe(&self, limit: std::time::Duration) -> Result<(), StoreError> {
+        let deadline = nats_rpc::Deadline::after(limit);
+        self.writer()
+            .write_within(writer::Write::Probe, Some(deadline))
+            .await
+            .map(drop)
     }
 
     /// Upserts `key` with `value`; replaces any earlier TTL. Returns once committed.

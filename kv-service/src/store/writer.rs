@@ -152,7 +152,9 @@ async fn run(mut committer: impl Commit, mut queue: mpsc::Receiver<Command>) {
                 let (done, _) = oneshot::channel();
                 let done = std::mem::replace(&mut command.done, done);
                 let _ = done.send(Err(StoreError::DeadlinePassed(deadline)));
-                expired.increment(1);
+                if !matches!(command.write, Write::Probe) {
+                    expired.increment(1);
+                }
                 false
             }
             _ => true,

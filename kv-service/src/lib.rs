@@ -310,19 +310,29 @@ async fn connect_once(
         Ok(Ok(client)) => Ok(client),
         Ok(Err(err)) => {
             use async_nats::ConnectErrorKind as Kind;
-            match err.kind() {
+            // A TLS handshake the server refuses (a bad or missing client certificate) comes as
+            // an IO error carrying the TLS alert.
+            let text = err.to_string().to_ascii_lowercase();
+            let tls_refused = ["certificate", "tls", "alert", "handshake"]
+                .iter()
+                .any(|word| text.contains(word));
+            let permanent = match err.kind() {
                 // Will not change by waiting: a bad URL, credentials or TLS setup.
-                Kind::ServerParse
-                | Kind::Authentication
-                | Kind::AuthorizationViolation
-                | Kind::Tls => Err(ConnectFailure::Fatal(
+                Kind::ServerParse | Kind::Authentication | Kind::AuthorizationViolation => true,
+                Kind::Tls => true,
+                Kind::Io => tls_refused,
+                _ => false,
+            };
+            if permanent {
+                Err(ConnectFailure::Fatal(
                     format!(
                         "cannot connect to NATS at {}: {err}",
                         config::redact_url(&config.nats_url)
                     )
                     .into(),
-                )),
-                _ => Err(ConnectFailure::Retry(err.to_string())),
+                ))
+            } else {
+                Err(ConnectFailure::Retry(err.to_string()))
             }
         }
         Err(_) => Err(ConnectFailure::Retry(format!(

@@ -23,8 +23,9 @@ pub struct Handler<'a> {
 }
 
 impl<'a> Handler<'a> {
-    /// Checks every rule and reports all violations together, each on the offending token.
-    pub fn from_fn(func: &'a ItemFn, args: Args) -> syn::Result<Self> {
+    /// Checks every rule and reports all violations together, each on the offending token:
+    /// the attribute's (`args`, already parsed, possibly with errors) and the fn's alike.
+    pub fn from_fn(func: &'a ItemFn, args: syn::Result<Args>) -> syn::Result<Self> {
         let sig = &func.sig;
         let mut errors = None;
         let mut check = |result: syn::Result<()>| {
@@ -32,18 +33,27 @@ impl<'a> Handler<'a> {
                 valid::fold(&mut errors, err);
             }
         };
+        let args = match args {
+            Ok(args) => Some(args),
+            Err(err) => {
+                check(Err(err));
+                None
+            }
+        };
         check(valid::is_async(sig));
         check(valid::plain_fn(sig));
         check(valid::not_generic(sig));
-        check(valid::subject(&args.subject));
-        if let Some(name) = &args.name {
-            check(valid::endpoint_name(name));
+        if let Some(args) = &args {
+            check(valid::subject(&args.subject));
+            if let Some(name) = &args.name {
+                check(valid::endpoint_name(name));
+            }
         }
         let params = valid::params(sig);
         let output = valid::output(sig);
-        let (params, output) = match (params, output) {
-            (Ok(params), Ok(output)) if errors.is_none() => (params, output),
-            (params, output) => {
+        let (params, output, args) = match (params, output, args) {
+            (Ok(params), Ok(output), Some(args)) if errors.is_none() => (params, output, args),
+            (params, output, _) => {
                 for err in [params.err(), output.err()].into_iter().flatten() {
                     valid::fold(&mut errors, err);
                 }

@@ -30,7 +30,7 @@ pub fn nats_rpc(attr: TokenStream, item: TokenStream) -> TokenStream {
         }
     };
     let args = syn::parse::Parser::parse(args::Args::parse_terminated, attr);
-    match args.and_then(|args| ast::Handler::from_fn(&func, args)) {
+    match ast::Handler::from_fn(&func, args) {
         Ok(handler) => expand::render(&func, &handler).into(),
         Err(err) => fallback::render(quote::ToTokens::into_token_stream(&func), err).into(),
     }

@@ -26,33 +26,44 @@ pub fn is_async(sig: &Signature) -> syn::Result<()> {
 }
 
 /// No `const`, `unsafe`, `extern` or variadics: the runtime calls the handler like any async fn.
+/// Every one present is reported.
 pub fn plain_fn(sig: &Signature) -> syn::Result<()> {
+    let mut errors = None;
     if let Some(token) = &sig.constness {
-        return Err(syn::Error::new(
-            token.span,
-            "`#[nats_rpc]` handler cannot be `const`, remove `const`",
-        ));
+        fold(
+            &mut errors,
+            syn::Error::new(
+                token.span,
+                "`#[nats_rpc]` handler cannot be `const`, remove `const`",
+            ),
+        );
     }
     if let syn::Safety::Unsafe(token) = &sig.safety {
-        return Err(syn::Error::new(
-            token.span,
-            "`#[nats_rpc]` handler cannot be `unsafe`: the runtime calls it for every request, \
-             remove `unsafe` and keep the unsafe block inside",
-        ));
+        fold(
+            &mut errors,
+            syn::Error::new(
+                token.span,
+                "`#[nats_rpc]` handler cannot be `unsafe`: the runtime calls it for every \
+                 request, remove `unsafe` and keep the unsafe block inside",
+            ),
+        );
     }
     if let Some(abi) = &sig.abi {
-        return Err(syn::Error::new_spanned(
-            abi,
-            "`#[nats_rpc]` handler cannot have an ABI, remove it",
-        ));
+        fold(
+            &mut errors,
+            syn::Error::new_spanned(abi, "`#[nats_rpc]` handler cannot have an ABI, remove it"),
+        );
     }
     if let Some(variadic) = &sig.variadic {
-        return Err(syn::Error::new_spanned(
-            variadic,
-            format!("`#[nats_rpc]` handler cannot be variadic, write {SHAPE}"),
-        ));
+        fold(
+            &mut errors,
+            syn::Error::new_spanned(
+                variadic,
+                format!("`#[nats_rpc]` handler cannot be variadic, write {SHAPE}"),
+            ),
+        );
     }
-    Ok(())
+    errors.map_or(Ok(()), Err)
 }
 
 pub fn not_generic(sig: &Signature) -> syn::Result<()> {
@@ -136,35 +147,39 @@ pub enum Third {
 }
 
 /// `(state: &State, request: Request)`, optionally followed by `subject: nats_rpc::Subject<'_>`
-/// or `context: nats_rpc::Context<'_>`.
+/// or `context: nats_rpc::Context<'_>`. Every mistake among the parameters is reported.
 pub fn params(sig: &Signature) -> syn::Result<Params<'_>> {
+    let mut errors = None;
     let mut typed = Vec::with_capacity(3);
     for (index, arg) in sig.inputs.iter().enumerate() {
         match arg {
-            FnArg::Receiver(receiver) => {
-                return Err(syn::Error::new_spanned(
+            FnArg::Receiver(receiver) => fold(
+                &mut errors,
+                syn::Error::new_spanned(
                     receiver,
                     format!(
                         "`#[nats_rpc]` handler is a free fn, not a method: move it out of the \
                          `impl` and take the state as a parameter, {SHAPE}"
                     ),
-                ));
-            }
-            FnArg::Typed(pat) if index >= 3 => {
-                return Err(syn::Error::new_spanned(
+                ),
+            ),
+            FnArg::Typed(pat) if index >= 3 => fold(
+                &mut errors,
+                syn::Error::new_spanned(
                     pat,
                     format!(
                         "unexpected parameter: a handler takes the state, the request and \
                          optionally {SUBJECT_PARAM}, {SHAPE}"
                     ),
-                ));
-            }
+                ),
+            ),
             FnArg::Typed(pat) => typed.push(&*pat.ty),
         }
     }
-    let (state, request, subject) = match typed[..] {
-        [state, request] => (state, request, None),
-        [state, request, subject] => (state, request, Some(subject)),
+    let (state, request, third) = match typed[..] {
+        [state, request] => (Some(state), Some(request), None),
+        [state, request, third] => (Some(state), Some(request), Some(third)),
+        _ if errors.is_some() => (None, None, None),
         _ => {
             return Err(syn::Error::new(
                 sig.paren_token.span.join(),
@@ -172,40 +187,58 @@ pub fn params(sig: &Signature) -> syn::Result<Params<'_>> {
             ));
         }
     };
-    let state = match state {
+    let mut check = |result: syn::Result<()>| {
+        if let Err(err) = result {
+            fold(&mut errors, err);
+        }
+    };
+    let state = state.and_then(|state| match state {
         Type::Reference(reference) => {
             if let Some(token) = &reference.mutability {
-                return Err(syn::Error::new(
+                check(Err(syn::Error::new(
                     token.span,
                     "requests run concurrently and share the state: take `&State`, not \
                      `&mut State`, and use interior mutability (a `Mutex`, an atomic) inside",
-                ));
+                )));
             }
-            &*reference.elem
+            check(concrete(&reference.elem));
+            Some(&*reference.elem)
         }
         other => {
-            return Err(syn::Error::new_spanned(
+            check(Err(syn::Error::new_spanned(
                 other,
                 "the first parameter is the service state, shared by reference: write \
                  `state: &State`",
-            ));
+            )));
+            None
+        }
+    });
+    if let Some(request) = request {
+        if let Type::Reference(reference) = request {
+            check(Err(syn::Error::new(
+                reference.and_token.span,
+                "the request is decoded for each call and owned by the handler: take it by \
+                 value, remove the `&`",
+            )));
+        }
+        check(concrete(request));
+    }
+    let third = match third.map(third_param).transpose() {
+        Ok(third) => third,
+        Err(err) => {
+            check(Err(err));
+            None
         }
     };
-    if let Type::Reference(reference) = request {
-        return Err(syn::Error::new(
-            reference.and_token.span,
-            "the request is decoded for each call and owned by the handler: take it by value, \
-             remove the `&`",
-        ));
+    match (errors, state, request) {
+        (None, Some(state), Some(request)) => Ok(Params {
+            state,
+            request,
+            third,
+        }),
+        (Some(errors), _, _) => Err(errors),
+        (None, _, _) => unreachable!("a missing state or request is reported"),
     }
-    let third = subject.map(third_param).transpose()?;
-    concrete(state)?;
-    concrete(request)?;
-    Ok(Params {
-        state,
-        request,
-        third,
-    })
 }
 
 /// The third parameter, when there is one, receives the request's subject or its whole
@@ -260,9 +293,13 @@ pub fn output(sig: &Signature) -> syn::Result<(&Type, &Type)> {
         .collect();
     match (last.ident == "Result", &types[..], generics.args.len()) {
         (true, &[response, error], 2) => {
-            concrete(response)?;
-            concrete(error)?;
-            Ok((response, error))
+            let mut errors = None;
+            for ty in [response, error] {
+                if let Err(err) = concrete(ty) {
+                    fold(&mut errors, err);
+                }
+            }
+            errors.map_or(Ok((response, error)), Err)
         }
         _ => wrong(),
     }
@@ -276,5 +313,64 @@ fn concrete(ty: &Type) -> syn::Result<()> {
             "name a concrete type here: the endpoint's schema is derived from it",
         )),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use syn::{LitStr, parse_quote};
+
+    use super::{endpoint_name, subject};
+
+    fn subject_error(text: &str) -> Option<String> {
+        let lit: LitStr = parse_quote!(#text);
+        subject(&lit).err().map(|err| err.to_string())
+    }
+
+    #[test]
+    fn subjects_follow_nats_syntax() {
+        for ok in [
+            "a",
+            "rosey.db.kv.set",
+            "a.*.c",
+            "a.>",
+            "*",
+            ">",
+            "a.*.>",
+            "a-b_c.d",
+        ] {
+            assert_eq!(subject_error(ok), None, "{ok}");
+        }
+        for (bad, says) in [
+            ("", "must not be empty"),
+            ("a b", "must not contain whitespace"),
+            ("a.\tb", "must not contain whitespace"),
+            ("a..b", "has an empty token"),
+            (".a", "has an empty token"),
+            ("a.", "has an empty token"),
+            ("a*", "wildcard `*` must be a whole token"),
+            ("a.b*.c", "wildcard `*` must be a whole token"),
+            ("a.>b", "wildcard `>` must be a whole token"),
+            ("a.>.b", "`>` must be the last token"),
+        ] {
+            let error = subject_error(bad).unwrap_or_else(|| panic!("{bad:?} accepted"));
+            assert!(error.contains(says), "{bad:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn endpoint_names_are_micro_names() {
+        for ok in ["get", "get-one", "Get_2"] {
+            let lit: LitStr = parse_quote!(#ok);
+            assert!(endpoint_name(&lit).is_ok(), "{ok}");
+        }
+        for bad in ["", "get one", "get.one", "gét", "a/b"] {
+            let lit: LitStr = parse_quote!(#bad);
+            let error = endpoint_name(&lit).unwrap_err().to_string();
+            assert!(
+                error.contains("must be non-empty and use only"),
+                "{bad:?}: {error}"
+            );
+        }
     }
 }

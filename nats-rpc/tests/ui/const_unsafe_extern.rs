@@ -1,0 +1,30 @@
+use nats_rpc::nats_rpc;
+
+pub struct Store;
+
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+pub struct Req {
+    pub key: String,
+}
+
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct Reply {
+    pub ok: bool,
+}
+
+#[nats_rpc(subject = "kv.get")]
+pub const fn get(_store: &Store, _request: Req) -> Result<Reply, nats_rpc::Error> {
+    Ok(Reply { ok: true })
+}
+
+#[nats_rpc(subject = "kv.put")]
+pub async unsafe fn put(_store: &Store, _request: Req) -> Result<Reply, nats_rpc::Error> {
+    Ok(Reply { ok: true })
+}
+
+#[nats_rpc(subject = "kv.del")]
+pub async extern "Rust" fn del(_store: &Store, _request: Req) -> Result<Reply, nats_rpc::Error> {
+    Ok(Reply { ok: true })
+}
+
+fn main() {}

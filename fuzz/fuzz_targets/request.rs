@@ -210,9 +210,19 @@ impl Harness {
             .and_then(|text| text.parse().ok())
             .filter(|every| *every > 0)
             .unwrap_or(10_000);
+        let targets = targets();
+        // The table is ordered for the seed corpus, so it cannot simply be `api::endpoints`; it
+        // must still cover every endpoint kv-service serves.
+        for served in api::schemas() {
+            assert!(
+                targets.iter().any(|target| target.name == served.name),
+                "endpoint `{}` is served but not fuzzed: append it to `targets()`",
+                served.name
+            );
+        }
         let mut harness = Harness {
             runtime,
-            targets: targets(),
+            targets,
             dir: tempfile::Builder::new()
                 .prefix("kv-fuzz-")
                 .tempdir()

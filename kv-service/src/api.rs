@@ -615,17 +615,35 @@ pub fn compact(json: &str) -> Cow<'_, str> {
 /// Every endpoint's schemas (the four contract subjects, then the per-plugin ones), for
 /// `kv-service schemas` and the docs.
 pub fn schemas() -> Vec<nats_rpc::EndpointSchemas> {
-    use nats_rpc::EndpointSchemas;
-    vec![
-        EndpointSchemas::of::<set>(),
-        EndpointSchemas::of::<get>(),
-        EndpointSchemas::of::<delete>(),
-        EndpointSchemas::of::<list>(),
-        EndpointSchemas::of::<plugin_set>(),
-        EndpointSchemas::of::<plugin_get>(),
-        EndpointSchemas::of::<plugin_delete>(),
-        EndpointSchemas::of::<plugin_list>(),
-    ]
+    endpoints(
+        nats_rpc::Service::builder(crate::peers::SERVICE, "0.0.0"),
+        true,
+    )
+    .endpoints()
+    .map(|endpoint| endpoint.schemas.clone())
+    .collect()
+}
+
+/// The one list of kv-service's endpoints: the contract's four, and with `plugin_subjects` the
+/// per-plugin four. Serving, the subjects a peer is compared on, the published schemas and the
+/// AsyncAPI document all read it.
+pub fn endpoints(
+    builder: nats_rpc::ServiceBuilder<Store>,
+    plugin_subjects: bool,
+) -> nats_rpc::ServiceBuilder<Store> {
+    let builder = builder
+        .endpoint::<set>()
+        .endpoint::<get>()
+        .endpoint::<delete>()
+        .endpoint::<list>();
+    if !plugin_subjects {
+        return builder;
+    }
+    builder
+        .endpoint::<plugin_set>()
+        .endpoint::<plugin_get>()
+        .endpoint::<plugin_delete>()
+        .endpoint::<plugin_list>()
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nats_rpc::{Endpoint, Service};
+use nats_rpc::Service;
 
 pub use config::ServeConfig;
 use config::redact_url;
@@ -52,21 +52,12 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()>) -> 
         }
     };
     let store = Arc::new(store);
-    let mut subjects = vec![
-        api::set::SUBJECT,
-        api::get::SUBJECT,
-        api::delete::SUBJECT,
-        api::list::SUBJECT,
-    ];
-    if config.plugin_subjects {
-        subjects.extend([
-            api::plugin_set::SUBJECT,
-            api::plugin_get::SUBJECT,
-            api::plugin_delete::SUBJECT,
-            api::plugin_list::SUBJECT,
-        ]);
-    }
-    let mine = peers::Mine::new(&store, subjects.iter().map(|s| s.to_string()).collect());
+    let builder = api::endpoints(
+        Service::builder(peers::SERVICE, env!("CARGO_PKG_VERSION")),
+        config.plugin_subjects,
+    );
+    let subjects: Vec<String> = builder.endpoints().map(|e| e.subject.clone()).collect();
+    let mine = peers::Mine::new(&store, subjects.clone());
 
     let connected = tokio::select! {
         connected = connect(config) => connected,
@@ -87,24 +78,13 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()>) -> 
         close_store(store).await;
         return Err(err.into());
     }
-    let mut builder = Service::builder(peers::SERVICE, env!("CARGO_PKG_VERSION"))
+    let mut builder = builder
         .description(DESCRIPTION)
         .queue_group(config.queue_group.clone())
         .max_in_flight(config.max_in_flight)
-        .request_timeout(config.request_timeout)
-        .endpoint::<api::set>()
-        .endpoint::<api::get>()
-        .endpoint::<api::delete>()
-        .endpoint::<api::list>();
+        .request_timeout(config.request_timeout);
     for (key, value) in mine.metadata() {
         builder = builder.metadata(key, value);
-    }
-    if config.plugin_subjects {
-        builder = builder
-            .endpoint::<api::plugin_set>()
-            .endpoint::<api::plugin_get>()
-            .endpoint::<api::plugin_delete>()
-            .endpoint::<api::plugin_list>();
     }
     let service = match builder.serve(nats.clone(), store.clone()).await {
         Ok(service) => service,

@@ -396,6 +396,35 @@ async fn discovery_carries_the_schemas_within_nats_payload_limits() {
     let info: Value = serde_json::from_slice(&info.payload).unwrap();
     assert_eq!(info["metadata"]["store_backend"], "sqlite");
     assert_eq!(info["endpoints"].as_array().unwrap().len(), 8);
+    // What is served is what is published: every endpoint's three schemas in `$SRV.INFO` are
+    // the files committed in schemas/, and there is a file set for every endpoint and no more.
+    let published = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas");
+    let mut served_files = Vec::new();
+    for endpoint in info["endpoints"].as_array().unwrap() {
+        let subject = endpoint["subject"].as_str().unwrap();
+        for (key, kind) in [
+            ("request_schema", "request"),
+            ("response_schema", "response"),
+            ("error_schema", "error"),
+        ] {
+            let name = nats_rpc::EndpointSchemas::file_name(subject, kind);
+            let served: Value =
+                serde_json::from_str(endpoint["metadata"][key].as_str().unwrap()).unwrap();
+            let file = std::fs::read_to_string(published.join(&name))
+                .unwrap_or_else(|err| panic!("schemas/{name}: {err}"));
+            let committed: Value = serde_json::from_str(&file).unwrap();
+            assert_eq!(served, committed, "{name}");
+            served_files.push(name);
+        }
+    }
+    let mut committed_files: Vec<String> = std::fs::read_dir(&published)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".json"))
+        .collect();
+    served_files.sort();
+    committed_files.sort();
+    assert_eq!(served_files, committed_files);
     let document = client
         .request("$SRV.ASYNCAPI.kv-service", "".into())
         .await

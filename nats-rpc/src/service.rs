@@ -279,6 +279,13 @@ impl<S: Send + Sync + 'static> ServiceBuilder<S> {
         self
     }
 
+    /// The endpoints added so far, in order, as `$SRV.INFO` will describe them (queue group
+    /// not yet set): so a service's endpoint list can be written once and read back, e.g. for
+    /// its subjects or schemas.
+    pub fn endpoints(&self) -> impl Iterator<Item = &EndpointInfo> {
+        self.endpoints.iter().map(|registration| &registration.info)
+    }
+
     /// A one-line description for `$SRV.INFO`.
     pub fn description(mut self, description: impl Into<String>) -> Self {
         self.description = description.into();

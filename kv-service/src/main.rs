@@ -102,10 +102,22 @@ async fn run(cli: Cli) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(err) => {
-            tracing::error!("{err}");
+            tracing::error!("{}", chain(&*err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// `error: cause: its cause`: the whole chain of an error, as one line.
+fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// `kv-service copy`: a progress line at most once a second, and one line at the end.

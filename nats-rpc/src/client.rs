@@ -48,20 +48,30 @@ impl CallError {
     }
 }
 
+/// The message says what failed; the cause is [`std::error::Error::source`] (the remote error
+/// is part of the message too: it is what the service said).
 impl std::fmt::Display for CallError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CallError::Remote(err) => write!(f, "service replied {err}"),
             CallError::NoResponders => f.write_str("no service is listening on the subject"),
             CallError::TimedOut => f.write_str("no reply before the timeout"),
-            CallError::Transport(err) => write!(f, "request failed: {err}"),
-            CallError::Encode(err) => write!(f, "request does not serialize: {err}"),
-            CallError::Decode(err) => write!(f, "reply is not a valid envelope: {err}"),
+            CallError::Transport(_) => f.write_str("the request could not be sent"),
+            CallError::Encode(_) => f.write_str("the request does not serialize"),
+            CallError::Decode(_) => f.write_str("the reply is not a valid envelope"),
         }
     }
 }
 
-impl std::error::Error for CallError {}
+impl std::error::Error for CallError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CallError::Remote(_) | CallError::NoResponders | CallError::TimedOut => None,
+            CallError::Transport(err) => Some(err),
+            CallError::Encode(err) | CallError::Decode(err) => Some(err),
+        }
+    }
+}
 
 impl Client {
     /// Wraps a connection; replies are awaited for [`DEFAULT_TIMEOUT`].

@@ -112,18 +112,29 @@ pub enum ServeError {
     Flush(async_nats::client::FlushError),
 }
 
+/// The message says what failed; the cause, when there is one, is [`std::error::Error::source`]
+/// (print the chain to see both).
 impl std::fmt::Display for ServeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ServeError::Config(reason) => write!(f, "invalid service configuration: {reason}"),
-            ServeError::Schema(err) => err.fmt(f),
-            ServeError::Subscribe(err) => write!(f, "cannot subscribe: {err}"),
-            ServeError::Flush(err) => write!(f, "cannot confirm subscriptions: {err}"),
+            ServeError::Schema(_) => f.write_str("an endpoint's request schema does not compile"),
+            ServeError::Subscribe(_) => f.write_str("cannot subscribe"),
+            ServeError::Flush(_) => f.write_str("cannot confirm the subscriptions with the server"),
         }
     }
 }
 
-impl std::error::Error for ServeError {}
+impl std::error::Error for ServeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ServeError::Config(_) => None,
+            ServeError::Schema(err) => Some(err),
+            ServeError::Subscribe(err) => Some(err),
+            ServeError::Flush(err) => Some(err),
+        }
+    }
+}
 
 impl Service {
     /// Starts configuring a service called `name` (`[A-Za-z0-9_-]+`) at `version` (semver).

@@ -16,8 +16,9 @@ pub struct NatsServer {
 }
 
 impl NatsServer {
-    /// Starts `nats-server` (from `PATH`, else `/usr/sbin`) on a free loopback port and waits
-    /// until it accepts connections.
+    /// Starts `nats-server` (from `PATH`, else `/usr/sbin`) on a loopback port it picks itself
+    /// (read back from its ports file, so parallel tests never share a server) and waits until
+    /// it accepts connections.
     ///
     /// # Panics
     /// When the binary is missing or the server does not come up within 10 s: a test cannot run
@@ -33,21 +34,19 @@ impl NatsServer {
     }
 
     fn start_with(config: Option<PathBuf>) -> Self {
-        let mut last_error = None;
-        // A port found free can be taken before the server binds it; try a few.
-        for _ in 0..5 {
-            let port = free_port().expect("no free loopback port");
-            let mut server = NatsServer {
-                child: None,
-                port,
-                config: config.clone(),
-            };
-            match server.spawn() {
-                Ok(()) => return server,
-                Err(err) => last_error = Some(err),
-            }
+        // The server picks its own port (`-p -1`) and reports it in a ports file: a port found
+        // free here could be taken by another test's server before ours binds it, and then
+        // both tests would talk to one server (seen as a flaky test, requests answered by the
+        // other test's service).
+        let mut server = NatsServer {
+            child: None,
+            port: 0,
+            config,
+        };
+        if let Err(err) = server.spawn() {
+            panic!("could not start nats-server: {err}");
         }
-        panic!("could not start nats-server: {last_error:?}");
+        server
     }
 
     /// The client URL, e.g. `nats://127.0.0.1:40123`.
@@ -83,13 +82,28 @@ impl NatsServer {
         }
     }
 
+    /// Runs the server on `self.port`, or on a port of its own choosing when that is 0 (then
+    /// read back from its ports file into `self.port`).
     fn spawn(&mut self) -> io::Result<()> {
         let mut command = Command::new(binary());
         if let Some(config) = &self.config {
             command.arg("-c").arg(config);
         }
+        let ports_dir = std::env::temp_dir().join(format!(
+            "nats-rpc-test-ports-{}-{}",
+            std::process::id(),
+            PORTS_DIRS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let choose = self.port == 0;
+        let port = if choose {
+            std::fs::create_dir_all(&ports_dir)?;
+            command.arg("--ports_file_dir").arg(&ports_dir);
+            "-1".to_owned()
+        } else {
+            self.port.to_string()
+        };
         command
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-a", "127.0.0.1", "-p", &port])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -101,8 +115,37 @@ impl NatsServer {
                 ),
             )
         })?;
-        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
         let deadline = Instant::now() + Duration::from_secs(10);
+        if choose {
+            let file = ports_dir.join(format!("nats-server_{}.ports", child.id()));
+            loop {
+                if let Some(status) = child.try_wait()? {
+                    let _ = std::fs::remove_dir_all(&ports_dir);
+                    return Err(io::Error::other(format!("nats-server exited: {status}")));
+                }
+                let port = std::fs::read_to_string(&file).ok().and_then(|text| {
+                    let ports: serde_json::Value = serde_json::from_str(&text).ok()?;
+                    let url = ports["nats"][0].as_str()?;
+                    url.rsplit(':').next()?.parse::<u16>().ok()
+                });
+                if let Some(port) = port {
+                    self.port = port;
+                    let _ = std::fs::remove_dir_all(&ports_dir);
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let _ = std::fs::remove_dir_all(&ports_dir);
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "nats-server wrote no ports file within 10 s",
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
         loop {
             if let Some(status) = child.try_wait()? {
                 return Err(io::Error::other(format!("nats-server exited: {status}")));
@@ -123,6 +166,9 @@ impl NatsServer {
         }
     }
 }
+
+/// Distinguishes the ports-file folders of servers started by one process.
+static PORTS_DIRS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl Drop for NatsServer {
     fn drop(&mut self) {

@@ -40,10 +40,58 @@ pub fn render(func: &ItemFn, handler: &Handler<'_>) -> TokenStream {
          Register it with `Service::builder(..).endpoint::<{ident}>()` and call it with \
          `Client::call::<{ident}>(..)`."
     );
+    let endpoint = endpoint_type(EndpointType {
+        doc: Some(&doc),
+        vis,
+        ident,
+        subject,
+        name,
+        state: quote!(#state),
+        request: quote!(#request),
+        response: quote!(#response),
+        error: quote!(#error),
+        call,
+    });
     quote! {
         #func
+        #endpoint
+    }
+}
 
-        #[doc = #doc]
+/// What the endpoint type is made of; the same for a valid handler and for the stand-in
+/// [`crate::fallback`] emits after an error.
+pub struct EndpointType<'a> {
+    pub doc: Option<&'a str>,
+    pub vis: &'a syn::Visibility,
+    pub ident: &'a syn::Ident,
+    pub subject: &'a str,
+    pub name: &'a str,
+    pub state: TokenStream,
+    pub request: TokenStream,
+    pub response: TokenStream,
+    pub error: TokenStream,
+    /// The body of `Endpoint::call`, with `__nats_rpc_state`, `__nats_rpc_request` and
+    /// `__nats_rpc_context` in scope.
+    pub call: TokenStream,
+}
+
+/// `struct <ident> {}` and its `::nats_rpc::Endpoint` impl.
+pub fn endpoint_type(endpoint: EndpointType<'_>) -> TokenStream {
+    let EndpointType {
+        doc,
+        vis,
+        ident,
+        subject,
+        name,
+        state,
+        request,
+        response,
+        error,
+        call,
+    } = endpoint;
+    let doc = doc.map(|doc| quote!(#[doc = #doc]));
+    quote! {
+        #doc
         #[allow(non_camel_case_types, dead_code)]
         #vis struct #ident {}
 

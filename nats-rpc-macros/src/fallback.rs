@@ -72,30 +72,21 @@ fn stand_in_with(
     response: &Type,
     error: TokenStream,
 ) -> TokenStream {
-    quote! {
-        #[allow(non_camel_case_types, dead_code)]
-        #vis struct #ident {}
-
-        #[automatically_derived]
-        impl ::nats_rpc::Endpoint for #ident {
-            const SUBJECT: &'static ::core::primitive::str = "";
-            const NAME: &'static ::core::primitive::str = "";
-            type State = #state;
-            type Request = #request;
-            type Response = #response;
-            type Error = #error;
-
-            fn call<'__nats_rpc_a>(
-                _: &'__nats_rpc_a Self::State,
-                _: Self::Request,
-                _: ::nats_rpc::Context<'__nats_rpc_a>,
-            ) -> impl ::core::future::Future<
-                Output = ::core::result::Result<Self::Response, Self::Error>,
-            > + ::core::marker::Send + '__nats_rpc_a {
-                async { ::core::unreachable!("`#[nats_rpc]` reported errors for this handler") }
-            }
-        }
-    }
+    crate::expand::endpoint_type(crate::expand::EndpointType {
+        doc: None,
+        vis,
+        ident,
+        subject: "",
+        name: "",
+        state: quote!(#state),
+        request: quote!(#request),
+        response: quote!(#response),
+        error,
+        call: quote! {
+            let _ = (__nats_rpc_state, __nats_rpc_request, __nats_rpc_context);
+            async { ::core::unreachable!("`#[nats_rpc]` reported errors for this handler") }
+        },
+    })
 }
 
 /// A type an associated type can be: not `impl Trait`, not `_`, not borrowed.

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kv_service::testing::Service;
+use kv_service::testing::env_or;
 use nats_rpc::testing::NatsServer;
 
 const IN_FLIGHT: u64 = 16;
@@ -35,13 +36,6 @@ const GROUPS: [&str; 10] = [
     "std/libc",
     "other",
 ];
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
-}
 
 fn key(i: u64) -> String {
     format!("key-{i:05}")
@@ -61,6 +55,11 @@ fn request(op: &str, i: u64, keys: u64) -> Bytes {
         "list" => format!(
             r#"{{"plugin_name":"bench","prefix":"key-0{:02}","limit":100}}"#,
             i.wrapping_mul(31) % 100
+        ),
+        // The start-up fill: key `i` once each.
+        "fill" => format!(
+            r#"{{"plugin_name":"bench","key":"{}","value":"{i:0>128}"}}"#,
+            key(i)
         ),
         // Every delete finds its key: the fill made them, none repeats.
         "delete" => format!(r#"{{"plugin_name":"bench","key":"{}"}}"#, key(i)),
@@ -83,8 +82,9 @@ async fn send(client: &async_nats::Client, op: &str, count: u64, keys: u64) {
                 if i >= count {
                     return;
                 }
+                let subject = if op == "fill" { "set" } else { op.as_str() };
                 let reply = client
-                    .request(format!("rosey.db.kv.{op}"), request(&op, i, keys))
+                    .request(format!("rosey.db.kv.{subject}"), request(&op, i, keys))
                     .await
                     .expect("a reply");
                 assert!(
@@ -129,7 +129,7 @@ async fn profile(nats: &NatsServer, dir: &Path, op: &str, count: u64, keys: u64)
         .await
         .unwrap();
     nats_rpc::testing::wait_for_service(&client, "kv-service").await;
-    fill(&client, keys).await;
+    send(&client, "fill", keys, keys).await;
     instrument(service.pid(), "on");
     send(&client, op, count, keys).await;
     instrument(service.pid(), "off");
@@ -144,34 +144,6 @@ fn instrument(pid: u32, state: &str) {
         .status()
         .expect("callgrind_control runs");
     assert!(status.success(), "callgrind_control --instr={state} failed");
-}
-
-async fn fill(client: &async_nats::Client, keys: u64) {
-    let next = Arc::new(AtomicU64::new(0));
-    let mut workers = Vec::new();
-    for _ in 0..IN_FLIGHT {
-        let client = client.clone();
-        let next = next.clone();
-        workers.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= keys {
-                    return;
-                }
-                let body = format!(
-                    r#"{{"plugin_name":"bench","key":"{}","value":"{i:0>128}"}}"#,
-                    key(i)
-                );
-                client
-                    .request("rosey.db.kv.set", body.into())
-                    .await
-                    .expect("fill");
-            }
-        }));
-    }
-    for worker in workers {
-        worker.await.expect("fill worker");
-    }
 }
 
 /// Exclusive instructions per function in a profile.

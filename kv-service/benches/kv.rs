@@ -16,18 +16,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use kv_service::testing::env_or;
 use kv_service::testing::{Postgres, Service, wait_for_instances};
 use nats_rpc::testing::NatsServer;
 use nats_rpc::testing::load::{Report, Summary, bare_responder, drive, median};
 
 const KEYS: u64 = 10_000;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
-}
 
 fn key(i: u64) -> String {
     format!("key-{:05}", i % KEYS)

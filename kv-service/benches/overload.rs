@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use kv_service::testing::Service;
+use kv_service::testing::env_or;
 use nats_rpc::testing::NatsServer;
 use nats_rpc::testing::load::drive;
 
@@ -33,13 +34,6 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(1);
 const TAIL: Duration = Duration::from_secs(6);
 /// Pacing step of the open-loop sender.
 const TICK: Duration = Duration::from_millis(1);
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
-}
 
 fn body(op: &str, i: u64) -> Bytes {
     let key = format!("key-{:05}", i.wrapping_mul(7919) % KEYS);

@@ -547,3 +547,11 @@ impl Drop for Service {
         let _ = self.child.wait();
     }
 }
+
+/// The environment variable `name` parsed, else `default`: the benches' knobs.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
+}

@@ -87,6 +87,25 @@ type SpanFields = (String, BTreeMap<String, String>);
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<SpanFields>>>);
 
+impl Captured {
+    /// A capturing subscriber as this thread's default, for as long as the guard lives.
+    fn install() -> (Captured, tracing::subscriber::DefaultGuard) {
+        let captured = Captured::default();
+        let subscriber = tracing_subscriber::registry().with(Capture(captured.clone()));
+        (captured, tracing::subscriber::set_default(subscriber))
+    }
+
+    /// The fields of every closed request span, in closing order.
+    fn requests(&self) -> Vec<BTreeMap<String, String>> {
+        let spans = self.0.lock().unwrap();
+        spans
+            .iter()
+            .filter(|(name, _)| name == "request")
+            .map(|(_, fields)| fields.clone())
+            .collect()
+    }
+}
+
 struct Fields<'a>(&'a mut BTreeMap<String, String>);
 
 impl Visit for Fields<'_> {
@@ -145,9 +164,7 @@ async fn wait_for<T: Clone>(spans: impl Fn() -> Vec<T>, count: usize) -> Vec<T> 
 
 #[tokio::test]
 async fn request_spans_record_subject_template_code_and_trace_context() {
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::registry().with(Capture(captured.clone()));
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = Captured::install();
     let f = start().await;
 
     request_with_traceparent(
@@ -158,15 +175,7 @@ async fn request_spans_record_subject_template_code_and_trace_context() {
     .await;
     request_with_traceparent(&f.nats, "trace.room.lobby.fail", "not a traceparent").await;
 
-    let requests = || -> Vec<BTreeMap<String, String>> {
-        let spans = captured.0.lock().unwrap();
-        spans
-            .iter()
-            .filter(|(name, _)| name == "request")
-            .map(|(_, fields)| fields.clone())
-            .collect()
-    };
-    let spans = wait_for(requests, 2).await;
+    let spans = wait_for(|| captured.requests(), 2).await;
     assert_eq!(spans.len(), 2, "{spans:?}");
     let echo = &spans[0];
     assert_eq!(echo["otel.name"], "process trace.echo");
@@ -211,9 +220,7 @@ async fn relay(client: &Client, request: Text) -> Result<Text, nats_rpc::Error> 
 /// sends no `traceparent`, and the callee starts a trace of its own.
 #[tokio::test]
 async fn the_client_carries_the_handlers_trace_on_and_invents_none() {
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::registry().with(Capture(captured.clone()));
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = Captured::install();
     let f = start().await;
     let relaying = Service::builder("relayer", "1.0.0")
         .endpoint::<relay>()
@@ -230,15 +237,7 @@ async fn the_client_carries_the_handlers_trace_on_and_invents_none() {
         .call::<echo>(&Text { text: "a".into() })
         .await
         .unwrap();
-    let requests = || -> Vec<BTreeMap<String, String>> {
-        let spans = captured.0.lock().unwrap();
-        spans
-            .iter()
-            .filter(|(name, _)| name == "request")
-            .map(|(_, fields)| fields.clone())
-            .collect()
-    };
-    let spans = wait_for(requests, 3).await;
+    let spans = wait_for(|| captured.requests(), 3).await;
     let by = |endpoint: &str| -> Vec<&BTreeMap<String, String>> {
         spans
             .iter()

@@ -9,7 +9,9 @@
 //! (kv-service's store, sqlx), SQLite, tokio, the allocator, and the rest.
 //!
 //! Run: `cargo bench -p kv-service --bench instructions` (env: `BENCH_INSTR_REQUESTS`, default
-//! 2000; `BENCH_INSTR_OPS`, default `get,set,list,delete`). Needs valgrind; takes a few minutes.
+//! 2000; `BENCH_INSTR_OPS`, default `get,set,list,delete`; `BENCH_INSTR_TOP` lists the 40
+//! costliest functions; `BENCH_INSTR_DIR` keeps the profiles there). Needs valgrind; takes a
+//! few minutes.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -237,7 +239,12 @@ async fn run() {
         .collect();
     let keys = count.max(10_000);
     let nats = NatsServer::start();
-    let dir = tempfile::tempdir().unwrap();
+    // `BENCH_INSTR_DIR` keeps the profiles (`<dir>/<op>-<count>/callgrind.out`) for
+    // `callgrind_annotate --tree=caller` and the like.
+    let temp = tempfile::tempdir().unwrap();
+    let dir = std::env::var_os("BENCH_INSTR_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| temp.path().to_owned());
     println!(
         "instructions per request in the kv-service process (callgrind; SQLite; {IN_FLIGHT} in flight; \
          {count} requests each over {keys} keys of 128 bytes)"
@@ -248,7 +255,7 @@ async fn run() {
     }
     println!("{header}");
     for op in &ops {
-        let costs = functions(&profile(&nats, dir.path(), op, count, keys).await);
+        let costs = functions(&profile(&nats, &dir, op, count, keys).await);
         let mut by_group: BTreeMap<&str, u64> = BTreeMap::new();
         for (function, cost) in &costs {
             *by_group.entry(group(function)).or_insert(0) += cost;

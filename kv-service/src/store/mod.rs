@@ -20,6 +20,7 @@ mod postgres;
 mod sqlite;
 mod writer;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -261,22 +262,24 @@ impl Store {
     }
 
     /// [`Store::set`], given up (`DeadlinePassed`, nothing written) if its commit has not
-    /// started by `deadline`; a commit that started is reported, however late.
-    pub async fn set_within(
+    /// started by `deadline`; a commit that started is reported, however late. The write is
+    /// queued when this is called (see `Writer::write_within`).
+    pub fn set_within(
         &self,
         plugin: impl Into<String>,
         key: impl Into<String>,
         value: Value,
         ttl_seconds: Option<u32>,
         deadline: Option<nats_rpc::Deadline>,
-    ) -> Result<(), StoreError> {
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + '_ {
         let write = writer::Write::Set {
             plugin: plugin.into(),
             key: key.into(),
             value,
             ttl_seconds,
         };
-        self.writer().write_within(write, deadline).await.map(drop)
+        let committed = self.writer().write_within(write, deadline);
+        async move { committed.await.map(drop) }
     }
 
     /// Removes a live key; `true` if there was one. Returns once committed.
@@ -285,20 +288,18 @@ impl Store {
     }
 
     /// [`Store::delete`], given up as [`Store::set_within`] is.
-    pub async fn delete_within(
+    pub fn delete_within(
         &self,
         plugin: &str,
         key: &str,
         deadline: Option<nats_rpc::Deadline>,
-    ) -> Result<bool, StoreError> {
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send + '_ {
         let write = writer::Write::Delete {
             plugin: plugin.to_owned(),
             key: key.to_owned(),
         };
-        self.writer()
-            .write_within(write, deadline)
-            .await
-            .map(|deleted| deleted > 0)
+        let committed = self.writer().write_within(write, deadline);
+        async move { committed.await.map(|deleted| deleted > 0) }
     }
 
     /// The value of a live key.
@@ -313,13 +314,19 @@ impl Store {
         key: &str,
         deadline: Option<nats_rpc::Deadline>,
     ) -> Result<Option<Value>, StoreError> {
-        let read = async {
-            match &self.backend {
-                Backends::Sqlite(store) => store.get(plugin, key).await,
-                Backends::Postgres(store) => store.get(plugin, key).await,
-            }
+        // The mirror answers at once, without a statement, a timer or a future to move: most
+        // reads end here. (The database paths' futures are large and boxed, so the request
+        // futures that hold this one stay small and cheap to move.)
+        if let Backends::Sqlite(store) = &self.backend
+            && let Some(found) = store.get_mirrored(plugin, key)
+        {
+            return Ok(found);
+        }
+        let read: Read<'_, Option<Value>> = match &self.backend {
+            Backends::Sqlite(store) => Box::pin(within(deadline, store.get(plugin, key))),
+            Backends::Postgres(store) => Box::pin(within(deadline, store.get(plugin, key))),
         };
-        within(deadline, read).await
+        read.await
     }
 
     /// Live keys starting with `prefix` (literally, bytewise), in byte order, at most `limit`.
@@ -340,13 +347,21 @@ impl Store {
         limit: u32,
         deadline: Option<nats_rpc::Deadline>,
     ) -> Result<Listing, StoreError> {
-        let read = async {
-            match &self.backend {
-                Backends::Sqlite(store) => store.list(plugin, prefix, limit).await,
-                Backends::Postgres(store) => store.list(plugin, prefix, limit).await,
+        // As in `get_within`: the mirror first, the database boxed.
+        if let Backends::Sqlite(store) = &self.backend
+            && let Some(listing) = store.list_mirrored(plugin, prefix, limit)
+        {
+            return Ok(listing);
+        }
+        let read: Read<'_, Listing> = match &self.backend {
+            Backends::Sqlite(store) => {
+                Box::pin(within(deadline, store.list(plugin, prefix, limit)))
+            }
+            Backends::Postgres(store) => {
+                Box::pin(within(deadline, store.list(plugin, prefix, limit)))
             }
         };
-        within(deadline, read).await
+        read.await
     }
 
     /// Deletes every expired row, a bounded chunk per commit so writes keep flowing meanwhile.
@@ -409,10 +424,13 @@ impl Store {
     }
 }
 
+/// A read from the database, boxed: see [`Store::get_within`].
+type Read<'a, T> = std::pin::Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
 /// Runs a read, dropping it (a read can always be abandoned) once `deadline` passes.
 async fn within<T>(
     deadline: Option<nats_rpc::Deadline>,
-    read: impl std::future::Future<Output = Result<T, StoreError>>,
+    read: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
     match deadline {
         None => read.await,

@@ -156,25 +156,36 @@ impl Sqlite {
         mirror::read(&self.mirror).is_some()
     }
 
-    pub(crate) async fn get(&self, plugin: &str, key: &str) -> Result<Option<Value>, StoreError> {
+    /// A read answered from the mirror: `None` when there is no mirror (reads go to the file).
+    pub(crate) fn get_mirrored(&self, plugin: &str, key: &str) -> Option<Option<Value>> {
         let now = self.clock.now();
-        if let Some(mirror) = mirror::read(&self.mirror).as_ref() {
-            return Ok(mirror
-                .get(plugin, key, now)
-                .map(|entry| entry.value.clone()));
-        }
+        let mirror = mirror::read(&self.mirror);
+        let found = mirror.as_ref()?.get(plugin, key, now);
+        Some(found.map(|entry| entry.value.clone()))
+    }
+
+    /// [`Sqlite::get_mirrored`]'s counterpart: a listing from the mirror, if there is one.
+    pub(crate) fn list_mirrored(&self, plugin: &str, prefix: &str, limit: u32) -> Option<Listing> {
+        let now = self.clock.now();
+        let mirror = mirror::read(&self.mirror);
+        Some(mirror.as_ref()?.list(plugin, prefix, limit as usize, now))
+    }
+
+    /// A read from the file (the mirror, when there is one, is not consulted).
+    pub(crate) async fn get(&self, plugin: &str, key: &str) -> Result<Option<Value>, StoreError> {
         let row = sqlx::query(
             "SELECT value FROM kv \
              WHERE plugin_name = ?1 AND key = ?2 AND (expires_at IS NULL OR expires_at > ?3)",
         )
         .bind(plugin)
         .bind(key)
-        .bind(now)
+        .bind(self.clock.now())
         .fetch_optional(&self.reads)
         .await?;
         row.map(|row| parse_value(row.get(0))).transpose()
     }
 
+    /// A listing from the file (the mirror, when there is one, is not consulted).
     pub(crate) async fn list(
         &self,
         plugin: &str,
@@ -182,9 +193,6 @@ impl Sqlite {
         limit: u32,
     ) -> Result<Listing, StoreError> {
         let now = self.clock.now();
-        if let Some(mirror) = mirror::read(&self.mirror).as_ref() {
-            return Ok(mirror.list(plugin, prefix, limit as usize, now));
-        }
         let fetch = i64::from(limit) + 1;
         let rows = match prefix_end(prefix) {
             Some(end) => {

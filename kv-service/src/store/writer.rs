@@ -100,27 +100,47 @@ impl Writer {
     }
 
     /// Queues `write` and waits for its commit.
-    pub(crate) async fn write(&self, write: Write) -> Result<Applied, StoreError> {
-        self.write_within(write, None).await
+    pub(crate) fn write(
+        &self,
+        write: Write,
+    ) -> impl Future<Output = Result<Applied, StoreError>> + Send + '_ {
+        self.write_within(write, None)
     }
 
-    /// Queues `write`, to be committed only if its batch starts before `deadline`; once
-    /// committed, it is reported committed, however late.
-    pub(crate) async fn write_within(
+    /// Queues `write` at once, to be committed only if its batch starts before `deadline`;
+    /// the future waits for its commit and, once committed, reports it committed, however late.
+    ///
+    /// Not an `async fn`: queueing happens here, synchronously, so the future holds little more
+    /// than the receiver of the outcome. Request futures hold this one, and the runtime moves
+    /// them as a whole: every byte here is copied several times per request.
+    pub(crate) fn write_within(
         &self,
         write: Write,
         deadline: Option<Deadline>,
-    ) -> Result<Applied, StoreError> {
+    ) -> impl Future<Output = Result<Applied, StoreError>> + Send + '_ {
         let (done, outcome) = oneshot::channel();
-        self.queue
-            .send(Command {
-                write,
-                deadline,
-                done,
-            })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        outcome.await.map_err(|_| StoreError::Closed)?
+        let command = Command {
+            write,
+            deadline,
+            done,
+        };
+        // Nearly always there is room; a full queue costs a boxed wait for it (back-pressure).
+        let (room, closed) = match self.queue.try_send(command) {
+            Ok(()) => (None, false),
+            Err(mpsc::error::TrySendError::Full(command)) => {
+                (Some(Box::pin(self.queue.send(command))), false)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => (None, true),
+        };
+        async move {
+            if closed {
+                return Err(StoreError::Closed);
+            }
+            if let Some(room) = room {
+                room.await.map_err(|_| StoreError::Closed)?;
+            }
+            outcome.await.map_err(|_| StoreError::Closed)?
+        }
     }
 
     /// Commits what is queued, then stops the task.

@@ -14,7 +14,6 @@ use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinHandle;
-use tracing::Instrument;
 
 use crate::endpoint::{Context, Deadline, Endpoint};
 use crate::envelope;
@@ -763,14 +762,13 @@ impl<E: Endpoint> Running<E> {
                     message.headers.as_ref(),
                     deadline,
                 );
-                let reply = telemetry::within(trace, run.instrument(span.clone())).await;
+                let reply = telemetry::Traced::new(span.clone(), trace, run).await;
                 (reply, Measured::Yes)
             }
         };
         telemetry::record_outcome(&span, reply.code());
-        self.finish(started, message.reply, reply, measured)
-            .instrument(span)
-            .await;
+        let finish = self.finish(started, message.reply, reply, measured);
+        telemetry::Traced::new(span, None, finish).await;
         self.metrics.in_flight.decrement(1);
         // The state goes before the permit: once shutdown holds every permit, no request task
         // still holds the state, so the caller can take it back (e.g. to close a database).

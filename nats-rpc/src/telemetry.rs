@@ -3,6 +3,8 @@
 //! recorder, e.g. a Prometheus exporter, before `serve`).
 
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
 
 use async_nats::HeaderMap;
 use metrics::{Counter, Gauge, Histogram};
@@ -149,11 +151,35 @@ pub(crate) fn request_span(
     (span, Some(mine))
 }
 
-/// Runs `handling` with `trace` as the context [`crate::Client`] calls carry on.
-pub(crate) async fn within<F: Future>(trace: Option<TraceParent>, handling: F) -> F::Output {
-    match trace {
-        Some(trace) => CURRENT.scope(trace, handling).await,
-        None => handling.await,
+pin_project_lite::pin_project! {
+    /// A request's work, polled inside its span and with its trace as the context
+    /// [`crate::Client`] calls carry on: what `instrument(span)` plus a task-local scope do, in
+    /// one wrapper. The request futures are large (they hold the handler's), and every wrapper
+    /// they pass through copies them whole; this one is the only one.
+    pub(crate) struct Traced<F> {
+        span: Span,
+        trace: Option<TraceParent>,
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F> Traced<F> {
+    pub(crate) fn new(span: Span, trace: Option<TraceParent>, inner: F) -> Self {
+        Traced { span, trace, inner }
+    }
+}
+
+impl<F: Future> Future for Traced<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let _entered = this.span.enter();
+        match *this.trace {
+            Some(trace) => CURRENT.sync_scope(trace, || this.inner.poll(cx)),
+            None => this.inner.poll(cx),
+        }
     }
 }
 

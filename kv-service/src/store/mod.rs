@@ -105,6 +105,11 @@ impl StoreOptions {
 pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// From SQLite's write connection (`sqlite/commit.rs`).
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("cannot start the SQLite writer thread: {0}")]
+    WriterThread(std::io::Error),
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored value is not valid JSON: {0}")]

@@ -627,7 +627,9 @@ struct Committer {
 }
 
 impl Commit for Committer {
-    async fn commit(&mut self, writes: &[&Write]) -> Vec<Result<Applied, StoreError>> {
+    async fn commit(&mut self, writes: Vec<Write>) -> Vec<Result<Applied, StoreError>> {
+        let writes: Vec<&Write> = writes.iter().collect();
+        let writes = writes.as_slice();
         let mut outcomes = Vec::with_capacity(writes.len());
         let mut start = 0;
         while start < writes.len() {

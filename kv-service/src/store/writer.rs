@@ -66,10 +66,11 @@ pub(crate) type Applied = u64;
 /// How one backend commits a batch.
 pub(crate) trait Commit: Send + 'static {
     /// Commits `writes` in order and returns each one's outcome, in the same order. A write may
-    /// fail alone (its neighbours still commit) or with the whole batch.
+    /// fail alone (its neighbours still commit) or with the whole batch. The writes are handed
+    /// over whole, so a backend may commit them on another thread.
     fn commit(
         &mut self,
-        writes: &[&Write],
+        writes: Vec<Write>,
     ) -> impl Future<Output = Vec<Result<Applied, StoreError>>> + Send;
 
     /// Called once the queue is closed and empty.
@@ -167,36 +168,39 @@ async fn run(mut committer: impl Commit, mut queue: mpsc::Receiver<Command>) {
         }
         // Writes whose callers have given up are answered now and never committed: under
         // overload they would only delay the writes still wanted.
-        batch.retain_mut(|command| match command.deadline {
-            Some(deadline) if deadline.passed() => {
-                let (done, _) = oneshot::channel();
-                let done = std::mem::replace(&mut command.done, done);
-                let _ = done.send(Err(StoreError::DeadlinePassed(deadline)));
-                if !matches!(command.write, Write::Probe) {
-                    expired.increment(1);
+        let mut writes = Vec::with_capacity(batch.len());
+        let mut waiting = Vec::with_capacity(batch.len());
+        for command in batch.drain(..) {
+            match command.deadline {
+                Some(deadline) if deadline.passed() => {
+                    let _ = command.done.send(Err(StoreError::DeadlinePassed(deadline)));
+                    if !matches!(command.write, Write::Probe) {
+                        expired.increment(1);
+                    }
                 }
-                false
+                _ => {
+                    writes.push(command.write);
+                    waiting.push(command.done);
+                }
             }
-            _ => true,
-        });
-        if batch.is_empty() {
+        }
+        if writes.is_empty() {
             continue;
         }
         let started = std::time::Instant::now();
-        let writes: Vec<&Write> = batch.iter().map(|command| &command.write).collect();
-        let outcomes = committer.commit(&writes).await;
-        debug_assert_eq!(outcomes.len(), batch.len(), "one outcome per write");
+        let count = writes.len();
+        let outcomes = committer.commit(writes).await;
+        debug_assert_eq!(outcomes.len(), count, "one outcome per write");
         let elapsed = started.elapsed();
-        batch_sizes.record(writes.len() as f64);
+        batch_sizes.record(count as f64);
         commit_seconds.record(elapsed.as_secs_f64());
         tracing::trace!(
-            writes = writes.len(),
+            writes = count,
             micros = elapsed.as_micros() as u64,
             "batch done"
         );
-        drop(writes);
-        for (command, outcome) in batch.drain(..).zip(outcomes) {
-            let _ = command.done.send(outcome);
+        for (done, outcome) in waiting.into_iter().zip(outcomes) {
+            let _ = done.send(outcome);
         }
     }
     committer.close().await;

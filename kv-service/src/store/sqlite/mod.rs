@@ -1,14 +1,15 @@
 //! The SQLite backend: one process per database file, which it holds locked for as long as it
 //! runs, so it is provably the only writer and may serve reads from its [`Mirror`].
 //!
-//! The writer commits a batch in one round trip where it can: consecutive sets become one
-//! multi-row upsert and consecutive deletes one statement, sent as one script, so there is no
+//! Writes go through one write connection, driven from a thread of its own (`commit.rs`): each
+//! batch is one transaction, consecutive sets one multi-row upsert, so there is no
 //! `SQLITE_BUSY` between writers. Reads come from the mirror (microseconds, no statement: sqlx
 //! spends ~75 µs per statement handing it to its worker thread) while the data fits its memory
 //! budget, and past it from a pool of read-only connections that WAL lets run beside the
 //! writer.
 
-use std::collections::BTreeMap;
+mod commit;
+
 use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -17,11 +18,12 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Executor, Row as _};
+use sqlx::{AssertSqlSafe, ConnectOptions, Executor, Row as _};
 use tokio::task::JoinHandle;
 
+use self::commit::Committer;
 use super::mirror::{self, Entry, Mirror};
-use super::writer::{Applied, Commit, PROBE_SQL, Write, Writer};
+use super::writer::{Write, Writer};
 use super::{Listing, Row, StoreError, StoreOptions, Value, now_ms, parse_value, prefix_end};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -34,8 +36,6 @@ pub(crate) const PURGE_CHUNK: u32 = 1000;
 /// ~0.65x of the bare responder. The price: rows over ~490 bytes (~1000 at 4096) spill to
 /// overflow pages, and 60 KB sets cost ~18% more (twice the frames: 1.9k/s against 2.3k/s).
 pub(crate) const PAGE_SIZE: u32 = 2048;
-/// Most statements the writer keeps prepared: batch scripts differ by row count.
-const STATEMENT_CACHE: usize = 2 * super::writer::MAX_BATCH + 16;
 
 /// An open SQLite store.
 #[derive(Debug)]
@@ -51,12 +51,12 @@ pub(crate) struct Sqlite {
 
 /// This process's clock, shifted by the configured offset (tests of clock skew).
 #[derive(Debug, Clone, Copy)]
-struct Clock {
+pub(super) struct Clock {
     offset_ms: i64,
 }
 
 impl Clock {
-    fn now(self) -> i64 {
+    pub(super) fn now(self) -> i64 {
         now_ms() + self.offset_ms
     }
 }
@@ -103,7 +103,6 @@ impl Sqlite {
         // a backstop.
         let mut writer = base
             .clone()
-            .statement_cache_capacity(STATEMENT_CACHE)
             .pragma("wal_autocheckpoint", "20000")
             .connect()
             .await?;
@@ -132,11 +131,7 @@ impl Sqlite {
         let clock = Clock {
             offset_ms: options.clock_offset_ms,
         };
-        let writer = Writer::spawn(Committer {
-            conn: writer,
-            mirror: mirror.clone(),
-            clock,
-        });
+        let writer = Writer::spawn(Committer::start(writer, mirror.clone(), clock).await?);
         let store = Sqlite {
             writer,
             mirror,
@@ -373,362 +368,6 @@ async fn checkpoint_forever(mut conn: SqliteConnection) {
     }
 }
 
-/// The writer's side: the only write connection, and the mirror it keeps in step.
-struct Committer {
-    conn: SqliteConnection,
-    mirror: Arc<RwLock<Option<Mirror>>>,
-    clock: Clock,
-}
-
-impl Commit for Committer {
-    async fn commit(&mut self, writes: &[&Write]) -> Vec<Result<Applied, StoreError>> {
-        let now = self.clock.now();
-        let outcome = {
-            // Only this task changes the mirror, so reading it here without holding the lock
-            // across the commit is safe: it cannot change underneath.
-            let planned = mirror::read(&self.mirror)
-                .as_ref()
-                .and_then(|mirror| plan(mirror, writes, now));
-            match planned {
-                Some(applied) => commit_batch(&mut self.conn, writes, now)
-                    .await
-                    .map(|()| applied),
-                None => commit_each(&mut self.conn, writes, now).await,
-            }
-        };
-        match outcome {
-            Ok(applied) => {
-                apply(&self.mirror, writes, now);
-                applied.into_iter().map(Ok).collect()
-            }
-            Err(err) if writes.len() == 1 || !row_level(&err) => {
-                // The database itself is failing (locked, full, read-only, gone): every write
-                // of the batch would fail the same way, so none is retried.
-                tracing::error!(%err, writes = writes.len(), "write failed");
-                let err = Arc::new(StoreError::Database(err));
-                writes
-                    .iter()
-                    .map(|_| Err(StoreError::Shared(err.clone())))
-                    .collect()
-            }
-            Err(err) => {
-                // A row-level failure must not fail its neighbours: retry each alone, so every
-                // caller gets its own outcome.
-                tracing::warn!(%err, writes = writes.len(), "batch failed, committing its writes one by one");
-                let mut outcomes = Vec::with_capacity(writes.len());
-                for write in writes {
-                    let one = [*write];
-                    let outcome = commit_each(&mut self.conn, &one, now).await;
-                    match &outcome {
-                        Ok(_) => apply(&self.mirror, &one, now),
-                        Err(err) => tracing::error!(%err, "write failed"),
-                    }
-                    outcomes.push(outcome.map(|applied| applied[0]).map_err(StoreError::from));
-                }
-                outcomes
-            }
-        }
-    }
-
-    async fn close(self) {
-        if let Err(err) = self.conn.close().await {
-            tracing::warn!(%err, "closing the write connection");
-        }
-    }
-}
-
-/// Errors that belong to one row (constraint, too big, type mismatch, out of range) rather than
-/// to the database as a whole: only those make retrying a batch's writes one by one worthwhile.
-fn row_level(err: &sqlx::Error) -> bool {
-    const TOOBIG: i32 = 18;
-    const CONSTRAINT: i32 = 19;
-    const MISMATCH: i32 = 20;
-    const RANGE: i32 = 25;
-    err.as_database_error()
-        .and_then(|db| db.code())
-        .and_then(|code| code.parse::<i32>().ok())
-        .is_some_and(|code| matches!(code & 0xff, TOOBIG | CONSTRAINT | MISMATCH | RANGE))
-}
-
-/// What each write of a batch will report, worked out from the mirror (the committed state)
-/// plus the batch's own earlier writes: a delete reports whether a live key was there. `None`
-/// for a batch holding a purge or an import, whose counts only SQLite knows.
-fn plan(mirror: &Mirror, writes: &[&Write], now: i64) -> Option<Vec<Applied>> {
-    let mut overlay: BTreeMap<(&str, &str), bool> = BTreeMap::new();
-    writes
-        .iter()
-        .map(|write| match write {
-            Write::Set { plugin, key, .. } => {
-                overlay.insert((plugin, key), true);
-                Some(0)
-            }
-            Write::Delete { plugin, key } => {
-                let live = overlay
-                    .insert((plugin, key), false)
-                    .unwrap_or_else(|| mirror.get(plugin, key, now).is_some());
-                Some(u64::from(live))
-            }
-            Write::Purge | Write::Import(_) | Write::Probe => None,
-        })
-        .collect()
-}
-
-/// Applies committed writes to the mirror; drops the mirror if it outgrows its budget.
-fn apply(mirror: &RwLock<Option<Mirror>>, writes: &[&Write], now: i64) {
-    let mut guard = mirror::write_lock(mirror);
-    let Some(mirror) = guard.as_mut() else {
-        return;
-    };
-    let mut within_budget = true;
-    for write in writes {
-        match write {
-            Write::Set {
-                plugin,
-                key,
-                value,
-                ttl_seconds,
-            } => {
-                let entry = Entry {
-                    value: value.clone(),
-                    expires_at: expires_at(now, *ttl_seconds),
-                };
-                within_budget &= mirror.set(plugin, key, entry);
-            }
-            Write::Delete { plugin, key } => mirror.remove(plugin, key),
-            Write::Purge => mirror.purge(now),
-            Write::Probe => {}
-            Write::Import(rows) => {
-                for row in rows {
-                    let entry = Entry {
-                        value: row.value.clone(),
-                        expires_at: row.expires_at,
-                    };
-                    within_budget &= mirror.set(&row.plugin, &row.key, entry);
-                }
-            }
-        }
-    }
-    if !within_budget {
-        tracing::warn!(
-            budget = mirror.budget,
-            "the data outgrew the mirror budget: reads go to SQLite from now on"
-        );
-        *guard = None;
-    }
-}
-
-fn expires_at(now: i64, ttl_seconds: Option<u32>) -> Option<i64> {
-    ttl_seconds.map(|ttl| now + i64::from(ttl) * 1000)
-}
-
-/// The upsert, for `rows` rows. `created_at` survives an update unless the old row had expired
-/// (then the key is new again).
-fn upsert_sql(rows: usize) -> String {
-    let mut sql = String::from(
-        "INSERT INTO kv (plugin_name, key, value, expires_at, created_at, updated_at) VALUES ",
-    );
-    push_rows(&mut sql, rows, "(?,?,?,?,?,?)");
-    sql.push_str(
-        " ON CONFLICT (plugin_name, key) DO UPDATE SET \
-           value = excluded.value, \
-           expires_at = excluded.expires_at, \
-           updated_at = excluded.updated_at, \
-           created_at = CASE WHEN kv.expires_at IS NOT NULL AND kv.expires_at <= excluded.updated_at \
-                             THEN excluded.created_at ELSE kv.created_at END",
-    );
-    sql
-}
-
-/// Deletes `rows` live keys (the first parameter is now); expired rows are left to the purge.
-fn delete_sql(rows: usize) -> String {
-    let mut sql = String::from(
-        "DELETE FROM kv WHERE (expires_at IS NULL OR expires_at > ?) AND (plugin_name, key) IN (VALUES ",
-    );
-    push_rows(&mut sql, rows, "(?,?)");
-    sql.push(')');
-    sql
-}
-
-/// `row,row,…`: `rows` copies of a placeholder tuple (SQL text only; values are bound).
-fn push_rows(sql: &mut String, rows: usize, row: &str) {
-    for index in 0..rows {
-        if index > 0 {
-            sql.push(',');
-        }
-        sql.push_str(row);
-    }
-}
-
-const PURGE_SQL: &str = "DELETE FROM kv WHERE (plugin_name, key) IN \
-       (SELECT plugin_name, key FROM kv \
-        WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)";
-
-/// One copied row, exactly as it was.
-const IMPORT_SQL: &str = "INSERT INTO kv (plugin_name, key, value, expires_at, created_at, updated_at) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-     ON CONFLICT (plugin_name, key) DO UPDATE SET value = excluded.value, \
-       expires_at = excluded.expires_at, created_at = excluded.created_at, \
-       updated_at = excluded.updated_at";
-
-/// A bound parameter of a batch script.
-enum Bind<'a> {
-    Text(&'a str),
-    Int(Option<i64>),
-}
-
-/// The whole batch sent to SQLite in a single round trip: each run of consecutive sets is one
-/// multi-row upsert (the last write of a key in the run wins, as it would one by one), each run
-/// of deletes one statement; several statements go as one `BEGIN IMMEDIATE; …; COMMIT` script.
-async fn commit_batch(
-    conn: &mut SqliteConnection,
-    writes: &[&Write],
-    now: i64,
-) -> Result<(), sqlx::Error> {
-    let mut statements: Vec<String> = Vec::new();
-    let mut binds: Vec<Bind<'_>> = Vec::with_capacity(writes.len() * 6 + 1);
-    let mut start = 0;
-    while start < writes.len() {
-        let kind = std::mem::discriminant(writes[start]);
-        let end = writes[start..]
-            .iter()
-            .position(|write| std::mem::discriminant(*write) != kind)
-            .map_or(writes.len(), |len| start + len);
-        let run = &writes[start..end];
-        match run[0] {
-            Write::Set { .. } => {
-                let mut last: BTreeMap<(&str, &str), usize> = BTreeMap::new();
-                for (index, write) in run.iter().enumerate() {
-                    if let Write::Set { plugin, key, .. } = write {
-                        last.insert((plugin, key), index);
-                    }
-                }
-                statements.push(upsert_sql(last.len()));
-                for (index, write) in run.iter().enumerate() {
-                    if let Write::Set {
-                        plugin,
-                        key,
-                        value,
-                        ttl_seconds,
-                    } = write
-                        && last.get(&(plugin.as_str(), key.as_str())) == Some(&index)
-                    {
-                        binds.extend([
-                            Bind::Text(plugin),
-                            Bind::Text(key),
-                            Bind::Text(value.get()),
-                            Bind::Int(expires_at(now, *ttl_seconds)),
-                            Bind::Int(Some(now)),
-                            Bind::Int(Some(now)),
-                        ]);
-                    }
-                }
-            }
-            Write::Delete { .. } => {
-                statements.push(delete_sql(run.len()));
-                binds.push(Bind::Int(Some(now)));
-                for write in run {
-                    if let Write::Delete { plugin, key } = write {
-                        binds.extend([Bind::Text(plugin), Bind::Text(key)]);
-                    }
-                }
-            }
-            Write::Purge | Write::Import(_) | Write::Probe => {
-                unreachable!(
-                    "`plan` sends batches with a purge, an import or a probe to `commit_each`"
-                )
-            }
-        }
-        start = end;
-    }
-    // One statement is atomic on its own (autocommit); several share a transaction.
-    let sql = match &statements[..] {
-        [single] => single.clone(),
-        several => format!("BEGIN IMMEDIATE;{};COMMIT;", several.join(";")),
-    };
-    let mut query = sqlx::query(AssertSqlSafe(sql));
-    for bind in binds {
-        query = match bind {
-            Bind::Text(text) => query.bind(text),
-            Bind::Int(int) => query.bind(int),
-        };
-    }
-    let outcome = query.execute(&mut *conn).await;
-    if outcome.is_err() {
-        // A statement failed inside the script: end the transaction it left open.
-        let _ = conn.execute("ROLLBACK").await;
-    }
-    outcome.map(drop)
-}
-
-/// One statement per write in one transaction, each reporting its own row count: the path when
-/// there is no mirror to tell what a delete will find.
-async fn commit_each(
-    conn: &mut SqliteConnection,
-    writes: &[&Write],
-    now: i64,
-) -> Result<Vec<Applied>, sqlx::Error> {
-    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-    let mut applied = Vec::with_capacity(writes.len());
-    for write in writes {
-        let rows = match write {
-            Write::Set {
-                plugin,
-                key,
-                value,
-                ttl_seconds,
-            } => {
-                sqlx::query(AssertSqlSafe(upsert_sql(1)))
-                    .bind(plugin.as_str())
-                    .bind(key.as_str())
-                    .bind(value.get())
-                    .bind(expires_at(now, *ttl_seconds))
-                    .bind(now)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                0
-            }
-            Write::Delete { plugin, key } => sqlx::query(
-                "DELETE FROM kv \
-                 WHERE plugin_name = ?1 AND key = ?2 AND (expires_at IS NULL OR expires_at > ?3)",
-            )
-            .bind(plugin.as_str())
-            .bind(key.as_str())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected(),
-            Write::Purge => sqlx::query(PURGE_SQL)
-                .bind(now)
-                .bind(PURGE_CHUNK)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected(),
-            Write::Probe => {
-                sqlx::query(PROBE_SQL).execute(&mut *tx).await?;
-                0
-            }
-            Write::Import(rows) => {
-                for row in rows {
-                    sqlx::query(IMPORT_SQL)
-                        .bind(row.plugin.as_str())
-                        .bind(row.key.as_str())
-                        .bind(row.value.get())
-                        .bind(row.expires_at)
-                        .bind(row.created_at)
-                        .bind(row.updated_at)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                rows.len() as u64
-            }
-        };
-        applied.push(rows);
-    }
-    tx.commit().await?;
-    Ok(applied)
-}
-
 #[cfg(test)]
 mod tests {
     use serde_json::value::RawValue;
@@ -736,6 +375,7 @@ mod tests {
     use super::super::{Backends, Store};
     use super::*;
     use crate::store::mirror::ROW_OVERHEAD;
+    use sqlx::Connection as _;
 
     fn url_in(dir: &tempfile::TempDir, file: &str) -> String {
         format!("sqlite://{}", dir.path().join(file).display())

@@ -1,22 +1,27 @@
-//! SQLite's side of group commit: the write connection, driven from a thread of its own.
+//! SQLite's side of group commit: the write connection sqlx opened, driven with rusqlite.
 //!
 //! sqlx opens the connection (options, pragmas, migrations, the writability probe) and owns it
-//! throughout; this thread borrows its raw handle through sqlx's handle lock and makes the
-//! calls itself with rusqlite. Through sqlx, every batch was a script built as text, its
-//! arguments copied into sqlx's own values, handed to sqlx's worker thread and its rows handed
-//! back: about a fifth of a set's instructions in the service (the README's instruction
-//! table). Here a batch is bound and stepped in place, with statements prepared once.
+//! throughout; a thread of ours holds sqlx's handle lock for as long as the store is open, and
+//! the connection is used through rusqlite while it is held. Through sqlx, every batch was a
+//! script built as text, its arguments copied into sqlx's own values, handed to sqlx's worker
+//! thread and its rows handed back.
 //!
-//! The thread still runs beside the runtime, as sqlx's worker did: a commit (and, with
-//! `--synchronous-full`, its fsync, or a wait for a lock another process holds) never stalls
-//! the requests being parsed meanwhile. It applies each commit to the mirror before anyone
-//! hears of it, so a read sees exactly the committed state.
+//! Where a batch is committed: a small one (sets, deletes and probes, up to [`INLINE_BYTES`] of
+//! values; a few tens of microseconds) right where the writer task runs, without waiting for
+//! a lock, because handing it to a thread and back cost more than the commit itself (two
+//! wake-ups, ~50 µs a batch measured beside ~80 µs of commit: group commit waits on exactly
+//! that). Everything that could hold the runtime up goes to the thread: large batches, purges,
+//! imports, every commit with `--synchronous-full` (an fsync each), and a batch that found the
+//! database locked by another process (the thread waits for the lock, up to the busy timeout).
+//! Either way the mirror is updated before anyone hears of the commit, so a read sees exactly
+//! the committed state.
 
 use std::collections::BTreeMap;
 use std::sync::mpsc;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
 
-use rusqlite::{Connection, ErrorCode, Statement};
+use rusqlite::{Connection, ErrorCode};
 use sqlx::Connection as _;
 use sqlx::sqlite::{LockedSqliteHandle, SqliteConnection};
 use tokio::sync::oneshot;
@@ -26,44 +31,106 @@ use super::super::mirror::{self, Entry, Mirror};
 use super::super::writer::{Applied, Commit, MAX_BATCH, PROBE_SQL, Write};
 use super::{Clock, PURGE_CHUNK};
 
+/// Most bytes of values a batch committed in place may carry: past it, the commit writes enough
+/// WAL frames (a 2 KB page per 2 KB) to hold the runtime up noticeably, and the thread does it.
+pub(super) const INLINE_BYTES: usize = 256 * 1024;
+
+/// How long a commit on the thread waits for a lock another process holds before it fails
+/// (commits in place never wait: they go to the thread instead).
+pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// One batch for the thread, and where its outcomes go.
 struct Job {
     writes: Vec<Write>,
     done: oneshot::Sender<Vec<Result<Applied, StoreError>>>,
 }
 
-/// The writer task's handle on the thread.
+/// The write connection, shared by the writer task (commits in place) and the thread (the
+/// rest); used only under the lock, and never after the thread has taken it back.
+struct Shared {
+    /// `None` once the thread has taken the connection back (shutdown, or the thread failing).
+    db: Option<Connection>,
+    /// The upsert's SQL for each run length, made once (rusqlite caches its statements by SQL).
+    upserts: Vec<Option<String>>,
+}
+
+/// The writer task's side.
 pub(super) struct Committer {
+    shared: Arc<Mutex<Shared>>,
+    mirror: Arc<RwLock<Option<Mirror>>>,
+    clock: Clock,
+    /// Whether small batches may be committed in place (not with `--synchronous-full`).
+    inline: bool,
     jobs: mpsc::Sender<Job>,
     finished: oneshot::Receiver<()>,
 }
 
 impl Committer {
-    /// Starts the thread on `conn` (sqlx's, already set up and probed) and waits until it holds
-    /// the handle.
+    /// Starts the thread on `conn` (sqlx's, already set up and probed) and waits until the
+    /// connection is ready for commits.
     pub(super) async fn start(
         conn: SqliteConnection,
         mirror: Arc<RwLock<Option<Mirror>>>,
         clock: Clock,
+        synchronous_full: bool,
     ) -> Result<Committer, StoreError> {
+        let shared = Arc::new(Mutex::new(Shared {
+            db: None,
+            upserts: (0..=MAX_BATCH).map(|_| None).collect(),
+        }));
         let (jobs, queue) = mpsc::channel();
         let (ready_tx, ready) = oneshot::channel();
         let (finished_tx, finished) = oneshot::channel();
         let runtime = tokio::runtime::Handle::current();
+        let thread = Thread {
+            shared: shared.clone(),
+            mirror: mirror.clone(),
+            clock,
+        };
         std::thread::Builder::new()
             .name("kv-sqlite-writer".into())
             .spawn(move || {
-                serve(&runtime, conn, &mirror, clock, &queue, ready_tx);
+                thread.serve(&runtime, conn, &queue, ready_tx);
                 let _ = finished_tx.send(());
             })
             .map_err(StoreError::WriterThread)?;
         ready.await.map_err(|_| StoreError::Closed)??;
-        Ok(Committer { jobs, finished })
+        Ok(Committer {
+            shared,
+            mirror,
+            clock,
+            inline: !synchronous_full,
+            jobs,
+            finished,
+        })
+    }
+
+    /// Commits `writes` here and now if they are small and the database is free; `None` sends
+    /// them to the thread.
+    fn commit_in_place(&self, writes: &[Write]) -> Option<Vec<Result<Applied, StoreError>>> {
+        let small = writes.iter().try_fold(0_usize, |bytes, write| match write {
+            Write::Set { value, .. } => Some(bytes + value.get().len()),
+            Write::Delete { .. } | Write::Probe => Some(bytes),
+            Write::Purge | Write::Import(_) => None,
+        });
+        if !self.inline || small.is_none_or(|bytes| bytes > INLINE_BYTES) {
+            return None;
+        }
+        let mut shared = lock(&self.shared);
+        let Shared { db, upserts } = &mut *shared;
+        let mut session = Session {
+            db: db.as_ref()?,
+            upserts,
+        };
+        session.commit(writes, &self.mirror, self.clock.now(), Wait::No)
     }
 }
 
 impl Commit for Committer {
     async fn commit(&mut self, writes: Vec<Write>) -> Vec<Result<Applied, StoreError>> {
+        if let Some(outcomes) = self.commit_in_place(&writes) {
+            return outcomes;
+        }
         let count = writes.len();
         let (done, outcomes) = oneshot::channel();
         if self.jobs.send(Job { writes, done }).is_err() {
@@ -80,40 +147,81 @@ impl Commit for Committer {
     }
 }
 
-/// The thread: borrow the handle, commit batches until the queue closes, hand the connection
-/// back to sqlx and close it.
-fn serve(
-    runtime: &tokio::runtime::Handle,
-    mut conn: SqliteConnection,
-    mirror: &RwLock<Option<Mirror>>,
+/// The thread's side.
+struct Thread {
+    shared: Arc<Mutex<Shared>>,
+    mirror: Arc<RwLock<Option<Mirror>>>,
     clock: Clock,
-    queue: &mpsc::Receiver<Job>,
-    ready: oneshot::Sender<Result<(), StoreError>>,
-) {
-    match runtime.block_on(conn.lock_handle()) {
-        Ok(mut handle) => match borrow(&mut handle) {
-            Ok(db) => {
-                let _ = ready.send(Ok(()));
-                let mut session = Session::new(&db);
-                for job in queue {
-                    let outcomes = session.commit(job.writes, mirror, clock.now());
-                    let _ = job.done.send(outcomes);
+}
+
+impl Thread {
+    /// Takes sqlx's handle lock, puts the connection where commits find it, commits the batches
+    /// sent here until the queue closes, then takes the connection back, releases the lock and
+    /// closes the connection.
+    fn serve(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        mut conn: SqliteConnection,
+        queue: &mpsc::Receiver<Job>,
+        ready: oneshot::Sender<Result<(), StoreError>>,
+    ) {
+        match runtime.block_on(conn.lock_handle()) {
+            Ok(mut handle) => {
+                // Declared after `handle`, so dropped before it, also when unwinding.
+                let _release = Release(&self.shared);
+                match borrow(&mut handle).and_then(prepare) {
+                    Ok(db) => {
+                        lock(&self.shared).db = Some(db);
+                        let _ = ready.send(Ok(()));
+                        for job in queue {
+                            let mut shared = lock(&self.shared);
+                            let Shared { db, upserts } = &mut *shared;
+                            let outcomes = match db {
+                                Some(db) => {
+                                    let mut session = Session { db, upserts };
+                                    let now = self.clock.now();
+                                    session.commit(&job.writes, &self.mirror, now, Wait::Yes)
+                                }
+                                None => None,
+                            };
+                            drop(shared);
+                            let outcomes = outcomes.unwrap_or_else(|| {
+                                job.writes.iter().map(|_| Err(StoreError::Closed)).collect()
+                            });
+                            let _ = job.done.send(outcomes);
+                        }
+                    }
+                    Err(err) => {
+                        let _ = ready.send(Err(StoreError::Sqlite(err)));
+                    }
                 }
-                // Statements before the connection, the connection before the lock.
-                drop(session);
-                drop(db);
             }
             Err(err) => {
-                let _ = ready.send(Err(StoreError::Sqlite(err)));
+                let _ = ready.send(Err(StoreError::Database(err)));
             }
-        },
-        Err(err) => {
-            let _ = ready.send(Err(StoreError::Database(err)));
+        }
+        if let Err(err) = runtime.block_on(conn.close()) {
+            tracing::warn!(%err, "closing the write connection");
         }
     }
-    if let Err(err) = runtime.block_on(conn.close()) {
-        tracing::warn!(%err, "closing the write connection");
+}
+
+/// Takes the connection back from where commits find it, before sqlx's handle lock is released
+/// (see `borrow`), whichever way the thread ends.
+struct Release<'a>(&'a Mutex<Shared>);
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        let db = lock(self.0).db.take();
+        drop(db);
     }
+}
+
+/// The shared connection; a panic while it was held leaves it as consistent as SQLite left it.
+fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    shared
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A rusqlite connection on the handle sqlx's lock holds out.
@@ -122,55 +230,79 @@ fn borrow(handle: &mut LockedSqliteHandle<'_>) -> rusqlite::Result<Connection> {
     // SAFETY: the pointer is sqlx's open `sqlite3*`, valid for as long as `handle` is held, and
     // sqlx's worker thread makes no call on it meanwhile: that is what the lock is for. rusqlite
     // does not take ownership of a handle it is given this way: dropping the connection
-    // finalizes the statements it prepared and leaves the handle open. `serve` drops it (and
-    // every statement, which borrow it) before `handle`, the only place this is called from.
-    // Both crates link the one libsqlite3-sys (Cargo.toml pins rusqlite to sqlx's), so the
-    // handle is of the library that made it.
+    // finalizes the statements it prepared and leaves the handle open. The connection is used
+    // only under `Shared`'s mutex (never by two threads at once, which SQLite's multi-thread
+    // mode, sqlx's, allows), and `Thread::serve` takes it back out and drops it (`Release`,
+    // declared after `handle`, also when unwinding) before `handle` is dropped; this is
+    // called from there alone. Both crates link the one libsqlite3-sys (Cargo.toml pins
+    // rusqlite to sqlx's), so the handle is of the library that made it.
     unsafe { Connection::from_handle(handle.as_raw_handle().as_ptr()) }
 }
 
-/// The statements of the write path, prepared once on first use: a multi-row upsert for each
-/// run length seen (at most [`MAX_BATCH`]), and one statement for each other kind of write.
-struct Session<'db> {
-    db: &'db Connection,
-    upserts: Vec<Option<Statement<'db>>>,
+/// Settings of the write connection ours alone: every statement of every batch size stays
+/// prepared, and commits in place do not wait for locks (see [`BUSY_TIMEOUT`]).
+fn prepare(db: Connection) -> rusqlite::Result<Connection> {
+    db.set_prepared_statement_cache_capacity(MAX_BATCH + 8);
+    db.busy_timeout(Duration::ZERO)?;
+    Ok(db)
 }
 
-impl<'db> Session<'db> {
-    fn new(db: &'db Connection) -> Self {
-        // Single-row statements go through rusqlite's cache.
-        db.set_prepared_statement_cache_capacity(8);
-        Session {
-            db,
-            upserts: (0..=MAX_BATCH).map(|_| None).collect(),
-        }
-    }
+/// Whether a commit may wait for a lock another process holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// In place: a locked database sends the batch to the thread instead.
+    No,
+    /// On the thread: up to [`BUSY_TIMEOUT`].
+    Yes,
+}
 
+/// Commits batches on the write connection.
+struct Session<'a> {
+    db: &'a Connection,
+    upserts: &'a mut Vec<Option<String>>,
+}
+
+impl Session<'_> {
     /// Commits `writes` in one transaction and applies what committed to the mirror; one
-    /// outcome per write, in order.
+    /// outcome per write, in order. `None` (only with [`Wait::No`]): another process holds the
+    /// database's lock, and nothing was done.
     fn commit(
         &mut self,
-        writes: Vec<Write>,
+        writes: &[Write],
         mirror: &RwLock<Option<Mirror>>,
         now: i64,
-    ) -> Vec<Result<Applied, StoreError>> {
-        match self.transaction(&writes, now) {
+        wait: Wait,
+    ) -> Option<Vec<Result<Applied, StoreError>>> {
+        if wait == Wait::Yes {
+            let _ = self.db.busy_timeout(BUSY_TIMEOUT);
+        }
+        let outcome = self.transaction(writes, now);
+        if wait == Wait::Yes {
+            let _ = self.db.busy_timeout(Duration::ZERO);
+        }
+        match outcome {
             Ok(outcomes) => {
-                apply(mirror, &writes, &outcomes, now);
-                outcomes
+                apply(mirror, writes, &outcomes, now);
+                Some(outcomes)
             }
             Err(err) => {
-                // The database itself is failing (locked, full, read-only, gone): every write
-                // of the batch fails the same way, and nothing of it was committed.
+                // Nothing of the batch was committed: end the transaction if it is still open.
                 if !self.db.is_autocommit() {
                     let _ = self.db.execute_batch("ROLLBACK");
                 }
+                if wait == Wait::No && err.sqlite_error_code() == Some(ErrorCode::DatabaseBusy) {
+                    return None;
+                }
+                // The database itself is failing (locked, full, read-only, gone): every write
+                // of the batch fails the same way.
                 tracing::error!(%err, writes = writes.len(), "write failed");
                 let err = Arc::new(StoreError::Sqlite(err));
-                writes
-                    .iter()
-                    .map(|_| Err(StoreError::Shared(err.clone())))
-                    .collect()
+                Some(
+                    writes
+                        .iter()
+                        .map(|_| Err(StoreError::Shared(err.clone())))
+                        .collect(),
+                )
             }
         }
     }
@@ -212,9 +344,8 @@ impl<'db> Session<'db> {
                     Err(err) if row_level(&err) && run.len() > 1 => {
                         tracing::warn!(%err, writes = run.len(), "batch failed, committing its writes one by one");
                         for write in run {
-                            outcomes.push(
-                                alone(self.upsert(std::slice::from_ref(write), now))?.map(|()| 0),
-                            );
+                            let one = self.upsert(std::slice::from_ref(write), now);
+                            outcomes.push(alone(one)?.map(|()| 0));
                         }
                     }
                     Err(err) => outcomes.push(alone(Err(err))?),
@@ -239,10 +370,8 @@ impl<'db> Session<'db> {
             }
         }
         let rows = last.len();
-        let statement = match &mut self.upserts[rows] {
-            Some(statement) => statement,
-            slot => slot.insert(self.db.prepare(&upsert_sql(rows))?),
-        };
+        let sql = self.upserts[rows].get_or_insert_with(|| upsert_sql(rows));
+        let mut statement = self.db.prepare_cached(sql)?;
         let mut parameter = 1;
         for (index, write) in run.iter().enumerate() {
             if let Write::Set {
@@ -262,11 +391,9 @@ impl<'db> Session<'db> {
                 parameter += 6;
             }
         }
-        let executed = statement.raw_execute().map(drop);
-        // A prepared statement keeps its last arguments (copies of them) until rebound: a
-        // statement of 64 rows would hold 64 values of up to 64 KB each, for every row count.
-        statement.clear_bindings();
-        executed
+        // The cache clears the arguments when the statement goes back to it: a statement of
+        // 64 rows holds no copies of 64 values once done.
+        statement.raw_execute().map(drop)
     }
 
     /// Any write but a set, as its own statement.
@@ -487,36 +614,58 @@ mod tests {
             .collect()
     }
 
+    /// A mirror, and `writes` committed on `db` through a session as the thread runs one.
+    struct Bench {
+        db: Connection,
+        upserts: Vec<Option<String>>,
+        mirror: RwLock<Option<Mirror>>,
+    }
+
+    impl Bench {
+        fn new() -> Bench {
+            Bench {
+                db: database(),
+                upserts: vec![None; MAX_BATCH + 1],
+                mirror: RwLock::new(Some(Mirror::new(1 << 20))),
+            }
+        }
+
+        fn commit(
+            &mut self,
+            writes: Vec<Write>,
+            wait: Wait,
+        ) -> Option<Vec<Result<Applied, StoreError>>> {
+            let mut session = Session {
+                db: &self.db,
+                upserts: &mut self.upserts,
+            };
+            session.commit(&writes, &self.mirror, 10, wait)
+        }
+    }
+
     #[test]
     fn a_batch_of_sets_keeps_the_last_write_of_each_key() {
-        let db = database();
-        let mirror = RwLock::new(Some(Mirror::new(1 << 20)));
-        let mut session = Session::new(&db);
-        let done = session.commit(
-            vec![set("a", "1"), set("b", "2"), set("a", "3")],
-            &mirror,
-            10,
-        );
-        assert_eq!(outcomes(&done), [Some(0), Some(0), Some(0)]);
+        let mut bench = Bench::new();
+        let done = bench.commit(vec![set("a", "1"), set("b", "2"), set("a", "3")], Wait::Yes);
+        assert_eq!(outcomes(&done.unwrap()), [Some(0), Some(0), Some(0)]);
         assert_eq!(
-            rows(&db),
+            rows(&bench.db),
             [("a".into(), "3".into()), ("b".into(), "2".into())]
         );
-        assert_eq!(mirrored(&mirror, "a").as_deref(), Some("3"));
-        assert!(db.is_autocommit(), "no transaction left open");
+        assert_eq!(mirrored(&bench.mirror, "a").as_deref(), Some("3"));
+        assert!(bench.db.is_autocommit(), "no transaction left open");
     }
 
     #[test]
     fn a_refused_write_fails_alone_and_is_not_mirrored() {
-        let db = database();
-        let mirror = RwLock::new(Some(Mirror::new(1 << 20)));
-        let mut session = Session::new(&db);
+        let mut bench = Bench::new();
         // Sets only: the one-statement path, then each set alone.
-        let done = session.commit(
-            vec![set("a", "1"), set("b", r#""refused""#), set("c", "3")],
-            &mirror,
-            10,
-        );
+        let done = bench
+            .commit(
+                vec![set("a", "1"), set("b", r#""refused""#), set("c", "3")],
+                Wait::Yes,
+            )
+            .unwrap();
         assert_eq!(outcomes(&done), [Some(0), None, Some(0)]);
         assert!(
             matches!(done[1], Err(StoreError::Sqlite(_))),
@@ -524,19 +673,20 @@ mod tests {
             done[1]
         );
         // Mixed: one transaction, the refused set on its own inside it.
-        let done = session.commit(
-            vec![
-                delete("a"),
-                set("d", r#""refused""#),
-                set("e", "5"),
-                delete("a"),
-            ],
-            &mirror,
-            11,
-        );
+        let done = bench
+            .commit(
+                vec![
+                    delete("a"),
+                    set("d", r#""refused""#),
+                    set("e", "5"),
+                    delete("a"),
+                ],
+                Wait::Yes,
+            )
+            .unwrap();
         assert_eq!(outcomes(&done), [Some(1), None, Some(0), Some(0)]);
         assert_eq!(
-            rows(&db),
+            rows(&bench.db),
             [("c".into(), "3".into()), ("e".into(), "5".into())]
         );
         for (key, expected) in [
@@ -546,36 +696,81 @@ mod tests {
             ("d", None),
             ("e", Some("5")),
         ] {
-            assert_eq!(mirrored(&mirror, key).as_deref(), expected, "{key}");
+            assert_eq!(mirrored(&bench.mirror, key).as_deref(), expected, "{key}");
         }
         // A lone refused set: its own error, nothing else touched.
-        let done = session.commit(vec![set("f", r#""refused""#)], &mirror, 12);
+        let done = bench
+            .commit(vec![set("f", r#""refused""#)], Wait::Yes)
+            .unwrap();
         assert_eq!(outcomes(&done), [None]);
-        assert_eq!(rows(&db).len(), 2);
-        assert!(db.is_autocommit(), "no transaction left open");
+        assert_eq!(rows(&bench.db).len(), 2);
+        assert!(bench.db.is_autocommit(), "no transaction left open");
     }
 
     #[test]
     fn a_failing_database_fails_the_whole_batch_and_commits_none_of_it() {
-        let db = database();
-        let mirror = RwLock::new(Some(Mirror::new(1 << 20)));
-        let mut session = Session::new(&db);
-        db.execute_batch("PRAGMA query_only = ON").unwrap();
-        let done = session.commit(vec![set("a", "1"), delete("b"), set("c", "3")], &mirror, 10);
+        let mut bench = Bench::new();
+        bench.db.execute_batch("PRAGMA query_only = ON").unwrap();
+        let done = bench
+            .commit(vec![set("a", "1"), delete("b"), set("c", "3")], Wait::No)
+            .expect("a failing database is answered, not handed on");
         assert_eq!(outcomes(&done), [None, None, None]);
         assert!(
             done.iter()
                 .all(|outcome| matches!(outcome, Err(StoreError::Shared(_))))
         );
-        db.execute_batch("PRAGMA query_only = OFF").unwrap();
-        assert!(rows(&db).is_empty());
-        assert_eq!(mirrored(&mirror, "a"), None);
-        assert!(db.is_autocommit(), "the failed transaction was rolled back");
-        let done = session.commit(vec![set("a", "1")], &mirror, 11);
+        bench.db.execute_batch("PRAGMA query_only = OFF").unwrap();
+        assert!(rows(&bench.db).is_empty());
+        assert_eq!(mirrored(&bench.mirror, "a"), None);
+        assert!(
+            bench.db.is_autocommit(),
+            "the failed transaction was rolled back"
+        );
+        let done = bench.commit(vec![set("a", "1")], Wait::No).unwrap();
         assert_eq!(
             outcomes(&done),
             [Some(0)],
             "serves again once the database does"
         );
+    }
+
+    /// Another process holding the write lock: a commit in place gives the batch back at once,
+    /// untouched, for the thread, which waits for the lock.
+    #[test]
+    fn a_locked_database_sends_the_batch_on_without_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kv.db");
+        let mut bench = Bench::new();
+        bench.db = Connection::open(&path).unwrap();
+        bench.db.execute_batch("PRAGMA journal_mode = WAL").unwrap();
+        bench.db.execute_batch(
+            "CREATE TABLE kv (plugin_name TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, \
+               expires_at INTEGER, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, \
+               PRIMARY KEY (plugin_name, key)) WITHOUT ROWID",
+        )
+        .unwrap();
+        bench.db.busy_timeout(Duration::ZERO).unwrap();
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let started = std::time::Instant::now();
+        assert!(
+            bench
+                .commit(vec![set("a", "1"), delete("b")], Wait::No)
+                .is_none()
+        );
+        assert!(bench.commit(vec![set("a", "1")], Wait::No).is_none());
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(bench.db.is_autocommit());
+        assert_eq!(mirrored(&bench.mirror, "a"), None);
+        other.execute_batch("COMMIT").unwrap();
+        let done = bench
+            .commit(vec![set("a", "1"), delete("b")], Wait::Yes)
+            .unwrap();
+        assert_eq!(outcomes(&done), [Some(0), Some(0)]);
+        assert_eq!(rows(&bench.db), [("a".into(), "1".into())]);
     }
 }

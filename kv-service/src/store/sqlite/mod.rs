@@ -131,7 +131,9 @@ impl Sqlite {
         let clock = Clock {
             offset_ms: options.clock_offset_ms,
         };
-        let writer = Writer::spawn(Committer::start(writer, mirror.clone(), clock).await?);
+        let committer =
+            Committer::start(writer, mirror.clone(), clock, options.synchronous_full).await?;
+        let writer = Writer::spawn(committer);
         let store = Sqlite {
             writer,
             mirror,

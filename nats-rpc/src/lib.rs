@@ -65,6 +65,7 @@
 pub mod asyncapi;
 mod client;
 pub mod compat;
+mod document;
 mod endpoint;
 pub mod envelope;
 mod error;

@@ -1,0 +1,431 @@
+//! The request body as the validator reads it: a JSON tree that borrows its strings from the
+//! payload and keeps objects as member lists, in place of `serde_json::Value`.
+//!
+//! Why not `Value`: with schemars' `preserve_order` (on, so published schemas keep declaration
+//! order) every `Value` object is an `IndexMap` that hashes each member name with SipHash, and
+//! every string is copied out of the payload. For a request of a few members that was most of
+//! the cost of validating it (callgrind: parsing a `set` body to a `Value` cost twice what the
+//! typed parse did). jsonschema validates any representation implementing its `json` traits, so
+//! the validator reads this one instead, with the same compiled schema.
+//!
+//! A `Value` object keeps one member per name (the last one given); a member list keeps them
+//! all. [`Document::parse`] reports a repeated name, and the caller validates such a (rare)
+//! body as a `Value` instead, so validation never depends on which representation read it.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use jsonschema::JsonType;
+use jsonschema::json::{Array, Json, Node, NodeIdentity, Object};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Number, Value};
+
+/// One JSON value of a request body.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Document<'a> {
+    Null,
+    Bool(bool),
+    Number(Number),
+    String(Cow<'a, str>),
+    Array(Vec<Document<'a>>),
+    Object(Vec<(Cow<'a, str>, Document<'a>)>),
+}
+
+/// What [`Document::parse`] found.
+pub(crate) enum Parsed<'a> {
+    Document(Document<'a>),
+    /// Some object names a member twice.
+    RepeatedName,
+}
+
+impl<'a> Document<'a> {
+    /// Parses `text` as serde_json parses a `Value` (the same errors, numbers read the same way,
+    /// a non-finite float as `null`), borrowing every string that needs no unescaping.
+    pub(crate) fn parse(text: &'a str) -> Result<Parsed<'a>, serde_json::Error> {
+        let mut repeated = false;
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        let document = Seed {
+            repeated: &mut repeated,
+        }
+        .deserialize(&mut deserializer)?;
+        deserializer.end()?;
+        Ok(if repeated {
+            Parsed::RepeatedName
+        } else {
+            Parsed::Document(document)
+        })
+    }
+
+    /// The same value as a `serde_json::Value` (for error reports: a cold path).
+    fn to_value(&self) -> Value {
+        match self {
+            Document::Null => Value::Null,
+            Document::Bool(boolean) => Value::Bool(*boolean),
+            Document::Number(number) => Value::Number(number.clone()),
+            Document::String(string) => Value::String(string.as_ref().to_owned()),
+            Document::Array(items) => Value::Array(items.iter().map(Document::to_value).collect()),
+            Document::Object(members) => Value::Object(
+                members
+                    .iter()
+                    .map(|(name, value)| (name.as_ref().to_owned(), value.to_value()))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// Builds a [`Document`], noting a repeated member name.
+struct Seed<'r> {
+    repeated: &'r mut bool,
+}
+
+impl<'de> DeserializeSeed<'de> for Seed<'_> {
+    type Value = Document<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Document<'de>, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Seed<'_> {
+    type Value = Document<'de>;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, value: bool) -> Result<Document<'de>, E> {
+        Ok(Document::Bool(value))
+    }
+
+    fn visit_i64<E>(self, value: i64) -> Result<Document<'de>, E> {
+        Ok(Document::Number(value.into()))
+    }
+
+    fn visit_u64<E>(self, value: u64) -> Result<Document<'de>, E> {
+        Ok(Document::Number(value.into()))
+    }
+
+    fn visit_f64<E>(self, value: f64) -> Result<Document<'de>, E> {
+        // As `Value` reads it.
+        Ok(Number::from_f64(value).map_or(Document::Null, Document::Number))
+    }
+
+    fn visit_borrowed_str<E>(self, value: &'de str) -> Result<Document<'de>, E> {
+        Ok(Document::String(Cow::Borrowed(value)))
+    }
+
+    fn visit_str<E>(self, value: &str) -> Result<Document<'de>, E> {
+        Ok(Document::String(Cow::Owned(value.to_owned())))
+    }
+
+    fn visit_string<E>(self, value: String) -> Result<Document<'de>, E> {
+        Ok(Document::String(Cow::Owned(value)))
+    }
+
+    fn visit_unit<E>(self) -> Result<Document<'de>, E> {
+        Ok(Document::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Document<'de>, E> {
+        Ok(Document::Null)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Document<'de>, D::Error> {
+        self.deserialize(deserializer)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Document<'de>, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(item) = seq.next_element_seed(Seed {
+            repeated: &mut *self.repeated,
+        })? {
+            items.push(item);
+        }
+        Ok(Document::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Document<'de>, A::Error> {
+        let mut members: Vec<(Cow<'de, str>, Document<'de>)> = Vec::new();
+        while let Some(name) = map.next_key_seed(Name)? {
+            let value = map.next_value_seed(Seed {
+                repeated: &mut *self.repeated,
+            })?;
+            members.push((name, value));
+        }
+        if !*self.repeated && names_repeat(&members) {
+            *self.repeated = true;
+        }
+        Ok(Document::Object(members))
+    }
+}
+
+/// A member name, borrowed when it needs no unescaping.
+struct Name;
+
+impl<'de> DeserializeSeed<'de> for Name {
+    type Value = Cow<'de, str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Cow<'de, str>, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Name {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("a member name")
+    }
+
+    fn visit_borrowed_str<E>(self, value: &'de str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Borrowed(value))
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Owned(value.to_owned()))
+    }
+
+    fn visit_string<E: de::Error>(self, value: String) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Owned(value))
+    }
+}
+
+/// Whether two members share a name: pairwise for the few members of a request, sorted for a
+/// long list (never quadratic in what a client sends).
+fn names_repeat(members: &[(Cow<'_, str>, Document<'_>)]) -> bool {
+    const PAIRWISE: usize = 16;
+    if members.len() <= PAIRWISE {
+        return members
+            .iter()
+            .enumerate()
+            .any(|(index, (name, _))| members[..index].iter().any(|(other, _)| other == name));
+    }
+    let mut names: Vec<&str> = members.iter().map(|(name, _)| name.as_ref()).collect();
+    names.sort_unstable();
+    names.windows(2).any(|pair| pair[0] == pair[1])
+}
+
+/// [`Document`] as a jsonschema instance representation.
+pub(crate) struct Documents;
+
+impl Json for Documents {
+    type Node<'a> = &'a Document<'a>;
+    type PreparedKey = String;
+    type StringBuffer = ();
+    const ACYCLIC: bool = true;
+
+    fn prepare_key(key: &str) -> String {
+        key.to_owned()
+    }
+
+    fn with_string_node<T>((): &mut (), string: &str, f: impl FnOnce(Self::Node<'_>) -> T) -> T {
+        f(&Document::String(Cow::Borrowed(string)))
+    }
+}
+
+impl<'a> Node<'a, Documents> for &'a Document<'a> {
+    type Object = Members<'a>;
+    type Array = &'a [Document<'a>];
+    type Number = &'a Number;
+
+    fn as_object(&self) -> Option<Members<'a>> {
+        match self {
+            Document::Object(members) => Some(Members(members)),
+            _ => None,
+        }
+    }
+
+    fn as_array(&self) -> Option<&'a [Document<'a>]> {
+        match self {
+            Document::Array(items) => Some(items),
+            _ => None,
+        }
+    }
+
+    fn as_string(&self) -> Option<Cow<'a, str>> {
+        match self {
+            Document::String(string) => Some(Cow::Borrowed(string.as_ref())),
+            _ => None,
+        }
+    }
+
+    fn as_number(&self) -> Option<&'a Number> {
+        match self {
+            Document::Number(number) => Some(number),
+            _ => None,
+        }
+    }
+
+    fn as_boolean(&self) -> Option<bool> {
+        match self {
+            Document::Bool(boolean) => Some(*boolean),
+            _ => None,
+        }
+    }
+
+    fn is_null(&self) -> bool {
+        matches!(self, Document::Null)
+    }
+
+    fn json_type(&self) -> JsonType {
+        match self {
+            Document::Null => JsonType::Null,
+            Document::Bool(_) => JsonType::Boolean,
+            Document::Number(_) => JsonType::Number,
+            Document::String(_) => JsonType::String,
+            Document::Array(_) => JsonType::Array,
+            Document::Object(_) => JsonType::Object,
+        }
+    }
+
+    fn to_value(&self) -> Cow<'a, Value> {
+        Cow::Owned(Document::to_value(self))
+    }
+
+    fn identity(&self) -> Option<NodeIdentity> {
+        Some(NodeIdentity::new(
+            std::ptr::from_ref::<Document<'a>>(*self) as usize
+        ))
+    }
+}
+
+/// An object's members, in the order given (no name twice: see [`Document::parse`]).
+#[derive(Clone, Copy)]
+pub(crate) struct Members<'a>(&'a [(Cow<'a, str>, Document<'a>)]);
+
+impl<'a> Object<'a, Documents> for Members<'a> {
+    type Node = &'a Document<'a>;
+    type MemberName = &'a str;
+    type MembersIter = MembersIter<'a>;
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn get(&self, key: &String) -> Option<&'a Document<'a>> {
+        self.0
+            .iter()
+            .find(|(name, _)| name == key)
+            .map(|(_, value)| value)
+    }
+
+    fn members(&self) -> MembersIter<'a> {
+        MembersIter(self.0.iter())
+    }
+}
+
+pub(crate) struct MembersIter<'a>(std::slice::Iter<'a, (Cow<'a, str>, Document<'a>)>);
+
+impl<'a> Iterator for MembersIter<'a> {
+    type Item = (&'a str, &'a Document<'a>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.0.next().map(|(name, value)| (name.as_ref(), value))
+    }
+}
+
+impl<'a> Array<'a, Documents> for &'a [Document<'a>] {
+    type Node = &'a Document<'a>;
+    type ElementsIter = std::slice::Iter<'a, Document<'a>>;
+
+    fn len(&self) -> usize {
+        <[Document<'a>]>::len(self)
+    }
+
+    fn elements(&self) -> std::slice::Iter<'a, Document<'a>> {
+        self.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Document, Parsed};
+
+    fn parse(text: &str) -> Document<'_> {
+        match Document::parse(text).expect("JSON") {
+            Parsed::Document(document) => document,
+            Parsed::RepeatedName => panic!("{text}: no name repeats"),
+        }
+    }
+
+    /// Read as `Value` reads it: numbers, escapes, nesting.
+    #[test]
+    fn a_document_holds_what_a_value_holds() {
+        for text in [
+            r#"{"a":1,"b":-2,"c":1.5,"d":1e300,"e":18446744073709551615,"f":1.0,"g":1e30}"#,
+            r#"{"s":"plain","t":"esc\"aped\u00e9","n":null,"x":[true,false,[],{}]}"#,
+            r#"[1, "two", {"three": [3]}]"#,
+            r#""just a string""#,
+            "-0",
+        ] {
+            let value: serde_json::Value = serde_json::from_str(text).unwrap();
+            assert_eq!(parse(text).to_value(), value, "{text}");
+        }
+    }
+
+    /// jsonschema's own check of the accessor contract it relies on.
+    #[test]
+    fn documents_meet_jsonschemas_contract() {
+        let text = jsonschema::json::conformance::document().to_string();
+        let document = parse(&text);
+        jsonschema::json::conformance::assert_conformance::<super::Documents>(&&document);
+    }
+
+    #[test]
+    fn strings_without_escapes_are_borrowed() {
+        let text = r#"{"name":"value","other":"a\nb"}"#;
+        let Document::Object(members) = parse(text) else {
+            panic!("an object")
+        };
+        assert!(matches!(members[0].0, std::borrow::Cow::Borrowed("name")));
+        assert!(matches!(
+            members[0].1,
+            Document::String(std::borrow::Cow::Borrowed("value"))
+        ));
+        assert!(matches!(
+            members[1].1,
+            Document::String(std::borrow::Cow::Owned(_))
+        ));
+    }
+
+    #[test]
+    fn a_repeated_name_is_reported_at_any_depth_and_length() {
+        for text in [
+            r#"{"a":1,"a":2}"#,
+            r#"{"v":{"x":1,"y":2,"x":3}}"#,
+            r#"[{"k":1},{"k":2,"k":3}]"#,
+        ] {
+            assert!(
+                matches!(Document::parse(text), Ok(Parsed::RepeatedName)),
+                "{text}"
+            );
+        }
+        let many = |repeat: bool| {
+            let mut members: Vec<String> = (0..100).map(|i| format!("\"m{i}\":{i}")).collect();
+            if repeat {
+                members.push("\"m42\":0".into());
+            }
+            format!("{{{}}}", members.join(","))
+        };
+        assert!(matches!(
+            Document::parse(&many(true)),
+            Ok(Parsed::RepeatedName)
+        ));
+        assert!(matches!(
+            Document::parse(&many(false)),
+            Ok(Parsed::Document(_))
+        ));
+    }
+
+    #[test]
+    fn errors_are_serde_json_s() {
+        for text in ["", "{", r#"{"a":}"#, "[1,]", "{} x", "nul", r#"{"d":1e400}"#] {
+            let ours = Document::parse(text).err().expect("an error").to_string();
+            let theirs = serde_json::from_str::<serde_json::Value>(text)
+                .expect_err("an error")
+                .to_string();
+            assert_eq!(ours, theirs, "{text:?}");
+        }
+    }
+}

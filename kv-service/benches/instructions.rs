@@ -4,9 +4,12 @@
 //! off through start-up and the fill, on (`callgrind_control -i on`) for `N` requests of the
 //! operation, off again before shutdown; the profile divided by `N` is what one request costs,
 //! the NATS reads and writes, the batching and the commits included. Functions are grouped by
-//! where they live: the NATS client (async-nats), parse and validate (serde_json, jsonschema,
-//! nats-rpc's schema module), the nats-rpc runtime, the handler (kv-service's api), the store
-//! (kv-service's store, sqlx), SQLite, tokio, the allocator, and the rest.
+//! where they live: the NATS client (async-nats), JSON (serde_json parsing and rendering,
+//! jsonschema, nats-rpc's schema and document modules), the nats-rpc runtime, the handler
+//! (kv-service's api and value rules), the store (kv-service's store, sqlx, rusqlite), SQLite,
+//! tokio, the allocator, and the rest. The background checkpoint (another connection, every
+//! 500 ms) is counted too: under callgrind far fewer requests share each checkpoint than at
+//! full speed, so it weighs more here than it does in service.
 //!
 //! Run: `cargo bench -p kv-service --bench instructions` (env: `BENCH_INSTR_REQUESTS`, default
 //! 2000; `BENCH_INSTR_OPS`, default `get,set,list,delete`; `BENCH_INSTR_TOP` lists the 40
@@ -28,10 +31,10 @@ use nats_rpc::testing::NatsServer;
 const IN_FLIGHT: u64 = 16;
 const GROUPS: [&str; 10] = [
     "NATS client",
-    "parse/validate",
+    "JSON",
     "nats-rpc",
     "handler",
-    "store+sqlx",
+    "store",
     "SQLite",
     "tokio",
     "allocator",
@@ -183,7 +186,9 @@ fn functions(profile: &str) -> BTreeMap<String, u64> {
 /// name), else by its file (SQLite's and jemalloc's C functions, libc).
 fn group(line: &str) -> &'static str {
     let (file, name) = line.split_once(':').unwrap_or(("", line));
-    let name = name.trim_start_matches('<');
+    let name = name
+        .trim_start_matches(['<', '&'])
+        .trim_start_matches("mut ");
     let starts = |prefixes: &[&str]| prefixes.iter().any(|prefix| name.starts_with(prefix));
     if starts(&["async_nats"]) {
         "NATS client"
@@ -193,17 +198,18 @@ fn group(line: &str) -> &'static str {
         "jsonschema",
         "referencing",
         "nats_rpc::schema",
+        "nats_rpc::document",
         "fancy_regex",
         "regex",
         "indexmap",
     ]) {
-        "parse/validate"
+        "JSON"
     } else if starts(&["nats_rpc"]) {
         "nats-rpc"
-    } else if starts(&["kv_service::api"]) {
+    } else if starts(&["kv_service::api", "kv_service::value"]) {
         "handler"
-    } else if starts(&["kv_service", "sqlx", "libsqlite3_sys"]) {
-        "store+sqlx"
+    } else if starts(&["kv_service", "sqlx", "libsqlite3_sys", "rusqlite"]) {
+        "store"
     } else if starts(&["tokio", "futures", "bytes"]) {
         "tokio"
     } else if file.contains("libsqlite3-sys") {

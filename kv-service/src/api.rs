@@ -3,7 +3,6 @@
 //! and error replies are nats-rpc's; what is left here is the domain.
 
 use std::borrow::Cow;
-use std::sync::Arc;
 
 use nats_rpc::{Context, Deadline, ErrorCode, INTERNAL_MESSAGE, RpcError, codes, nats_rpc};
 use schemars::JsonSchema;
@@ -23,12 +22,7 @@ pub fn is_plugin_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
-/// Largest stored value: the byte length of its compact JSON encoding.
-pub const MAX_VALUE_BYTES: usize = 65_536;
-/// Deepest nesting of arrays and objects a stored value may have. A get reply wraps the value in
-/// two more levels (`{"data":{"value":…}}`), and common JSON parsers (serde_json among them)
-/// refuse documents nested past 127: deeper values could be stored but not read back.
-pub const MAX_VALUE_DEPTH: usize = 125;
+pub use crate::value::{MAX_VALUE_BYTES, MAX_VALUE_DEPTH};
 /// `list` limit when the request gives none.
 pub const DEFAULT_LIMIT: u32 = 1000;
 
@@ -228,6 +222,15 @@ pub enum SetError {
     ValueTooLarge { size: usize },
     #[error(transparent)]
     Storage(#[from] StoreError),
+}
+
+impl From<crate::value::Refused> for SetError {
+    fn from(refused: crate::value::Refused) -> Self {
+        match refused {
+            crate::value::Refused::TooDeep { depth } => SetError::TooDeep { depth },
+            crate::value::Refused::TooLarge { size } => SetError::ValueTooLarge { size },
+        }
+    }
 }
 
 impl RpcError for SetError {
@@ -448,23 +451,7 @@ async fn put(
     ttl_seconds: Option<u32>,
     deadline: Option<Deadline>,
 ) -> Result<SetReply, SetError> {
-    if let Some(depth) = too_deep(value.get()) {
-        return Err(SetError::TooDeep { depth });
-    }
-    let compacted = match compact(value.get()) {
-        Cow::Borrowed(_) => None,
-        Cow::Owned(text) => Some(text),
-    };
-    let value: store::Value = match compacted {
-        None => Arc::from(value),
-        Some(text) => {
-            Arc::from(RawValue::from_string(text).expect("JSON minus whitespace is JSON"))
-        }
-    };
-    let size = value.get().len();
-    if size > MAX_VALUE_BYTES {
-        return Err(SetError::ValueTooLarge { size });
-    }
+    let value = crate::value::admit(value)?;
     store
         .set_within(plugin_name, key, value, ttl_seconds, deadline)
         .await?;
@@ -527,91 +514,6 @@ fn plugin_of(context: Context<'_>, named: Option<String>) -> Result<String, Scop
     }
 }
 
-/// The nesting depth of valid JSON `json` when it is over [`MAX_VALUE_DEPTH`].
-fn too_deep(json: &str) -> Option<usize> {
-    let bytes = json.as_bytes();
-    // Fewer brackets than the limit cannot nest past it: most values skip the walk.
-    let brackets = bytes.iter().filter(|&&b| b == b'[' || b == b'{').count();
-    if brackets <= MAX_VALUE_DEPTH {
-        return None;
-    }
-    Some(nesting(bytes)).filter(|&depth| depth > MAX_VALUE_DEPTH)
-}
-
-/// How deeply arrays and objects nest in valid JSON (`0` for a scalar).
-fn nesting(bytes: &[u8]) -> usize {
-    let (mut depth, mut deepest) = (0_usize, 0_usize);
-    let mut strings = Strings::default();
-    for &byte in bytes {
-        if !strings.outside(byte) {
-            continue;
-        }
-        match byte {
-            b'[' | b'{' => {
-                depth += 1;
-                deepest = deepest.max(depth);
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    deepest
-}
-
-/// Follows valid JSON byte by byte and tells which bytes lie outside every string (a string's
-/// quotes count as inside): what [`nesting`] and [`compact`] may treat as structure.
-#[derive(Default)]
-struct Strings {
-    inside: bool,
-    escaped: bool,
-}
-
-impl Strings {
-    fn outside(&mut self, byte: u8) -> bool {
-        if self.inside {
-            match (self.escaped, byte) {
-                (true, _) => self.escaped = false,
-                (false, b'\\') => self.escaped = true,
-                (false, b'"') => self.inside = false,
-                _ => {}
-            }
-            false
-        } else if byte == b'"' {
-            self.inside = true;
-            false
-        } else {
-            true
-        }
-    }
-}
-
-/// `json` without insignificant whitespace; borrowed when it has none (the common case). The
-/// input is valid JSON (a `RawValue`), so outside strings every byte is structural, a literal or
-/// whitespace, and dropping the whitespace keeps numbers and strings exactly as sent.
-pub fn compact(json: &str) -> Cow<'_, str> {
-    let is_space = |byte: &u8| matches!(byte, b' ' | b'\n' | b'\r' | b'\t');
-    let bytes = json.as_bytes();
-    // Most values carry no whitespace at all: one quick scan proves it. Valid JSON has no raw
-    // control characters, so every byte <= b' ' is whitespace (or a space inside a string).
-    if !bytes.iter().any(|&byte| byte <= b' ') {
-        return Cow::Borrowed(json);
-    }
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut strings = Strings::default();
-    for &byte in bytes {
-        if strings.outside(byte) && is_space(&byte) {
-            continue;
-        }
-        out.push(byte);
-    }
-    if out.len() == bytes.len() {
-        // The whitespace was all inside strings.
-        return Cow::Borrowed(json);
-    }
-    // Only ASCII whitespace was removed, so the bytes are still UTF-8.
-    Cow::Owned(String::from_utf8(out).expect("compacted JSON is UTF-8"))
-}
-
 /// Every endpoint's schemas (the four contract subjects, then the per-plugin ones), for
 /// `kv-service schemas` and the docs.
 pub fn schemas() -> Vec<nats_rpc::EndpointSchemas> {
@@ -648,9 +550,6 @@ pub fn endpoints(
 
 #[cfg(test)]
 mod tests {
-    use super::{MAX_VALUE_DEPTH, compact, nesting, too_deep};
-    use std::borrow::Cow;
-
     #[test]
     fn is_plugin_name_agrees_with_the_schema_pattern() {
         let schema = serde_json::json!({"type": "string", "pattern": super::PLUGIN_NAME_PATTERN});
@@ -677,47 +576,5 @@ mod tests {
                 "{name:?}"
             );
         }
-    }
-
-    #[test]
-    fn nesting_counts_brackets_outside_strings_only() {
-        assert_eq!(nesting(b"1"), 0);
-        assert_eq!(nesting(br#"{"a":[1,{"b":[]}]}"#), 4);
-        assert_eq!(nesting(br#"["[[[{{{", "\"]]]"]"#), 1);
-        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
-        assert_eq!(too_deep(&deep(MAX_VALUE_DEPTH)), None);
-        assert_eq!(
-            too_deep(&deep(MAX_VALUE_DEPTH + 1)),
-            Some(MAX_VALUE_DEPTH + 1)
-        );
-        // Many brackets, little depth.
-        assert_eq!(too_deep(&"[]".repeat(1000)), None);
-    }
-
-    #[test]
-    fn compact_borrows_when_already_compact() {
-        assert!(matches!(compact(r#"{"a":[1,2]}"#), Cow::Borrowed(_)));
-        assert!(matches!(compact(r#"{"a":"b c"}"#), Cow::Borrowed(_)));
-    }
-
-    #[test]
-    fn compact_drops_whitespace_outside_strings_only() {
-        assert_eq!(
-            compact(" { \"a b\" : [ 1 ,\n\t2.50 ] } "),
-            r#"{"a b":[1,2.50]}"#
-        );
-        assert_eq!(
-            compact(r#"[ "x \" y" , "\\" , " " ]"#),
-            r#"["x \" y","\\"," "]"#
-        );
-        assert_eq!(compact(" null "), "null");
-        assert_eq!(compact("\"é  ü\""), "\"é  ü\"");
-    }
-
-    #[test]
-    fn compact_length_matches_serde_json_for_plain_values() {
-        let value = serde_json::json!({"k": ["x", 1, null, true, {"n": 1.5}]});
-        let pretty = serde_json::to_string_pretty(&value).unwrap();
-        assert_eq!(compact(&pretty), serde_json::to_string(&value).unwrap());
     }
 }

@@ -9,6 +9,7 @@ pub mod peers;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod value;
 
 use std::future::Future;
 use std::path::Path;

@@ -420,7 +420,15 @@ mod tests {
 
     #[test]
     fn errors_are_serde_json_s() {
-        for text in ["", "{", r#"{"a":}"#, "[1,]", "{} x", "nul", r#"{"d":1e400}"#] {
+        for text in [
+            "",
+            "{",
+            r#"{"a":}"#,
+            "[1,]",
+            "{} x",
+            "nul",
+            r#"{"d":1e400}"#,
+        ] {
             let ours = Document::parse(text).err().expect("an error").to_string();
             let theirs = serde_json::from_str::<serde_json::Value>(text)
                 .expect_err("an error")

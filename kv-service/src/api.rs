@@ -169,7 +169,7 @@ pub struct DeleteReply {
 #[serde(deny_unknown_fields)]
 pub struct ListReply {
     /// Live matching keys in ascending UTF-8 byte order.
-    pub keys: Vec<String>,
+    pub keys: Vec<store::Key>,
     /// The length of `keys`.
     pub count: usize,
     /// More live keys match beyond `limit`.
@@ -550,6 +550,37 @@ pub fn endpoints(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn list_replies_carry_their_keys_as_strings() {
+        let keys = [
+            "plain",
+            "",
+            "quote\"d",
+            "back\\slash",
+            "tab\there",
+            "nul\u{0}",
+            "\u{1f}\u{7f}",
+            "é ü 😀",
+            "%_",
+        ];
+        let reply = super::ListReply {
+            keys: keys
+                .iter()
+                .map(|key| crate::store::Key::from(*key))
+                .collect(),
+            count: keys.len(),
+            truncated: true,
+        };
+        let plain = serde_json::json!({"keys": keys, "count": keys.len(), "truncated": true});
+        assert_eq!(
+            serde_json::to_string(&reply).unwrap(),
+            serde_json::to_string(&plain).unwrap()
+        );
+        let back: super::ListReply =
+            serde_json::from_str(&serde_json::to_string(&reply).unwrap()).unwrap();
+        assert_eq!(back, reply);
+    }
+
     #[test]
     fn is_plugin_name_agrees_with_the_schema_pattern() {
         let schema = serde_json::json!({"type": "string", "pattern": super::PLUGIN_NAME_PATTERN});

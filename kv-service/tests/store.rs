@@ -126,7 +126,7 @@ async fn purge_removes_only_expired_rows() {
         assert_eq!(store.purge_expired().await.unwrap(), 3, "{kind:?}");
         assert_eq!(kv.rows().await, 3, "{kind:?}");
         let listing = store.list("p", "", 100).await.unwrap();
-        assert_eq!(listing.keys, ["forever", "long"], "{kind:?}");
+        assert_eq!(listing.key_strs(), ["forever", "long"], "{kind:?}");
         assert_eq!(text(store, "q", "other-plugin").await.as_deref(), Some("4"));
         assert_eq!(store.purge_expired().await.unwrap(), 0, "{kind:?}");
         kv.store.close().await;
@@ -263,7 +263,7 @@ async fn export_pages_live_rows_and_import_keeps_them_exactly() {
             Some(r#"{"x":[1,2.50]}"#)
         );
         assert_eq!(
-            target.store.list("a", "", 10).await.unwrap().keys,
+            target.store.list("a", "", 10).await.unwrap().key_strs(),
             ["k1", "k2"]
         );
         source.store.close().await;
@@ -283,12 +283,12 @@ async fn postgres_keeps_any_key_and_every_value_byte() {
     }
     let mut sorted: Vec<&str> = keys.to_vec();
     sorted.sort_unstable(); // Rust's str order is UTF-8 byte order
-    assert_eq!(store.list("p", "", 100).await.unwrap().keys, sorted);
+    assert_eq!(store.list("p", "", 100).await.unwrap().key_strs(), sorted);
     assert_eq!(
-        store.list("p", "a\u{0}", 100).await.unwrap().keys,
+        store.list("p", "a\u{0}", 100).await.unwrap().key_strs(),
         ["a\u{0}", "a\u{0}b"]
     );
-    assert_eq!(store.list("p", "a%", 100).await.unwrap().keys, ["a%"]);
+    assert_eq!(store.list("p", "a%", 100).await.unwrap().key_strs(), ["a%"]);
     assert!(store.delete("p", "a\u{0}b").await.unwrap());
     assert_eq!(text(store, "p", "a\u{0}b").await, None);
     assert_eq!(text(store, "p", "a\u{0}").await.as_deref(), Some("1"));

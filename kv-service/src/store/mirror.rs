@@ -7,16 +7,17 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use super::{Listing, Value, prefix_end};
+use super::{Key, Listing, Value, prefix_end};
 
 /// Bookkeeping bytes counted per mirrored row on top of its key and value.
 pub(crate) const ROW_OVERHEAD: usize = 96;
 
-/// Every committed row, by plugin then key (`String` orders bytewise, as SQLite's BINARY does).
-/// Expired rows may linger until the next purge; readers skip them.
+/// Every committed row, by plugin then key (`str` orders bytewise, as SQLite's BINARY does).
+/// Expired rows may linger until the next purge; readers skip them. Keys are shared, so a
+/// listing hands them out without copying them.
 #[derive(Debug, Default)]
 pub(crate) struct Mirror {
-    plugins: BTreeMap<String, BTreeMap<String, Entry>>,
+    plugins: BTreeMap<String, BTreeMap<Key, Entry>>,
     bytes: usize,
     pub(crate) budget: usize,
 }
@@ -66,7 +67,7 @@ impl Mirror {
             .range::<str, _>((Bound::Included(prefix), upper))
             .filter(|(_, entry)| entry.live(now))
             .map(|(key, _)| key);
-        let found: Vec<String> = live.by_ref().take(limit).cloned().collect();
+        let found: Vec<Key> = live.by_ref().take(limit).cloned().collect();
         Listing {
             truncated: live.next().is_some(),
             keys: found,
@@ -87,7 +88,7 @@ impl Mirror {
                 *old = entry;
             }
             None => {
-                keys.insert(key.to_owned(), entry);
+                keys.insert(Key::from(key), entry);
                 self.bytes += size;
             }
         }

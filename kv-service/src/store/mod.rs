@@ -149,13 +149,23 @@ pub enum StoreError {
     NoIdentity,
 }
 
+/// A key as the store hands it out: shared with the read mirror, so a listing copies no text.
+pub type Key = Arc<str>;
+
 /// The keys of one `list` call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listing {
     /// Live keys in ascending byte order, at most `limit`.
-    pub keys: Vec<String>,
+    pub keys: Vec<Key>,
     /// More live keys match beyond `limit`.
     pub truncated: bool,
+}
+
+impl Listing {
+    /// The keys as text.
+    pub fn key_strs(&self) -> Vec<&str> {
+        self.keys.iter().map(AsRef::as_ref).collect()
+    }
 }
 
 /// One stored row, as `kv-service copy` moves it between stores.

@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use self::commit::Committer;
 use super::mirror::{self, Entry, Mirror};
 use super::writer::{Write, Writer};
-use super::{Listing, Row, StoreError, StoreOptions, Value, now_ms, parse_value, prefix_end};
+use super::{Key, Listing, Row, StoreError, StoreOptions, Value, now_ms, parse_value, prefix_end};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -212,7 +212,10 @@ impl Sqlite {
                     .await?
             }
         };
-        let mut keys: Vec<String> = rows.into_iter().map(|row| row.get(0)).collect();
+        let mut keys: Vec<Key> = rows
+            .into_iter()
+            .map(|row| Key::from(row.get::<String, _>(0)))
+            .collect();
         let truncated = keys.len() > limit as usize;
         keys.truncate(limit as usize);
         Ok(Listing { keys, truncated })
@@ -460,7 +463,10 @@ mod tests {
         let store = Store::open(&StoreOptions::new(url.clone())).await.unwrap();
         assert!(store.mirrored());
         assert_eq!(text(&store, "p", "a").await.as_deref(), Some(r#"{"x":1}"#));
-        assert_eq!(store.list("p", "", 10).await.unwrap().keys, ["a", "b"]);
+        assert_eq!(
+            store.list("p", "", 10).await.unwrap().key_strs(),
+            ["a", "b"]
+        );
         store.close().await;
 
         let mut small = StoreOptions::new(url);
@@ -470,7 +476,10 @@ mod tests {
         let big = json(&format!("\"{}\"", "x".repeat(100)));
         store.set("p", "c", big, None).await.unwrap();
         assert!(!store.mirrored(), "past the budget the mirror is dropped");
-        assert_eq!(store.list("p", "", 10).await.unwrap().keys, ["a", "b", "c"]);
+        assert_eq!(
+            store.list("p", "", 10).await.unwrap().key_strs(),
+            ["a", "b", "c"]
+        );
         assert_eq!(text(&store, "p", "b").await.as_deref(), Some("2"));
         store.close().await;
     }

@@ -1,4 +1,4 @@
-//! Instructions per request, for the kv-service process alone (SQLite), counted by valgrind's
+//! Instructions per request, for the kv-service process alone, counted by valgrind's
 //! callgrind: repeatable where wall-clock figures drift on a shared machine. For each of get,
 //! set, list and delete at 16 in flight, the service runs under callgrind with instrumentation
 //! off through start-up and the fill, on (`callgrind_control -i on`) for `N` requests of the
@@ -12,7 +12,8 @@
 //! full speed, so it weighs more here than it does in service.
 //!
 //! Run: `cargo bench -p kv-service --bench instructions` (env: `BENCH_INSTR_REQUESTS`, default
-//! 2000; `BENCH_INSTR_OPS`, default `get,set,list,delete`; `BENCH_INSTR_TOP` lists the 40
+//! 2000; `BENCH_INSTR_OPS`, default `get,set,list,delete`; `BENCH_INSTR_BACKENDS`, default
+//! `sqlite`, or `sqlite,postgres` (a private cluster; PostgreSQL's own work is not counted); `BENCH_INSTR_TOP` lists the 40
 //! costliest functions; `BENCH_INSTR_DIR` keeps the profiles there). Needs valgrind; takes a
 //! few minutes.
 
@@ -24,8 +25,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use kv_service::testing::Service;
 use kv_service::testing::env_or;
+use kv_service::testing::{Postgres, Service};
 use nats_rpc::testing::NatsServer;
 
 const IN_FLIGHT: u64 = 16;
@@ -107,11 +108,21 @@ async fn send(client: &async_nats::Client, op: &str, count: u64, keys: u64) {
 
 /// Runs kv-service under callgrind: start, fill `keys` keys, `count` requests of `op`, stop.
 /// Returns the profile's path.
-async fn profile(nats: &NatsServer, dir: &Path, op: &str, count: u64, keys: u64) -> String {
-    let run = dir.join(format!("{op}-{count}"));
+async fn profile(
+    nats: &NatsServer,
+    dir: &Path,
+    backend: &Backend,
+    op: &str,
+    count: u64,
+    keys: u64,
+) -> String {
+    let run = dir.join(format!("{}-{op}-{count}", backend.name()));
     std::fs::create_dir_all(&run).unwrap();
     let out = run.join("callgrind.out");
-    let database = format!("sqlite://{}", run.join("kv.db").display());
+    let database = match backend {
+        Backend::Sqlite => format!("sqlite://{}", run.join("kv.db").display()),
+        Backend::Postgres(server) => server.create_database(&format!("kv_{op}_{count}")),
+    };
     let out_flag = format!("--callgrind-out-file={}", out.display());
     let mut service = Service::spawn(
         "valgrind",
@@ -228,6 +239,22 @@ fn group(line: &str) -> &'static str {
     }
 }
 
+/// Which store the service runs on.
+enum Backend {
+    Sqlite,
+    /// A private cluster (`fsync` and `synchronous_commit` on), a fresh database per profile.
+    Postgres(Postgres),
+}
+
+impl Backend {
+    fn name(&self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+}
+
 fn main() {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -251,17 +278,29 @@ async fn run() {
     let dir = std::env::var_os("BENCH_INSTR_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| temp.path().to_owned());
+    let backends: Vec<Backend> = std::env::var("BENCH_INSTR_BACKENDS")
+        .unwrap_or_else(|_| "sqlite".into())
+        .split(',')
+        .map(|name| match name.trim() {
+            "sqlite" => Backend::Sqlite,
+            "postgres" => Backend::Postgres(Postgres::start()),
+            other => panic!("unknown backend {other} (sqlite, postgres)"),
+        })
+        .collect();
     println!(
-        "instructions per request in the kv-service process (callgrind; SQLite; {IN_FLIGHT} in flight; \
+        "instructions per request in the kv-service process (callgrind; {IN_FLIGHT} in flight; \
          {count} requests each over {keys} keys of 128 bytes)"
     );
-    let mut header = format!("{:7} {:>9}", "op", "total");
+    let mut header = format!("{:8} {:7} {:>9}", "store", "op", "total");
     for name in GROUPS {
         header.push_str(&format!(" {name:>14}"));
     }
     println!("{header}");
-    for op in &ops {
-        let costs = functions(&profile(&nats, &dir, op, count, keys).await);
+    for (backend, op) in backends
+        .iter()
+        .flat_map(|backend| ops.iter().map(move |op| (backend, op)))
+    {
+        let costs = functions(&profile(&nats, &dir, backend, op, count, keys).await);
         let mut by_group: BTreeMap<&str, u64> = BTreeMap::new();
         for (function, cost) in &costs {
             *by_group.entry(group(function)).or_insert(0) += cost;
@@ -279,7 +318,7 @@ async fn run() {
         }
         let per = |value: u64| value as f64 / count as f64;
         let total: u64 = by_group.values().sum();
-        let mut line = format!("{op:7} {:>9.0}", per(total));
+        let mut line = format!("{:8} {op:7} {:>9.0}", backend.name(), per(total));
         for name in GROUPS {
             line.push_str(&format!(
                 " {:>14.0}",

@@ -439,6 +439,31 @@ impl Store {
     }
 }
 
+/// Queues `item` at once while `queue` has room (nearly always); only a full queue costs a
+/// future, boxed: the future returned is little more than a flag, because the request futures
+/// that hold it are moved whole several times per request. `Closed` once the queue's task is
+/// gone.
+fn enqueue<T: Send>(
+    queue: &tokio::sync::mpsc::Sender<T>,
+    item: T,
+) -> impl Future<Output = Result<(), StoreError>> + Send + '_ {
+    use tokio::sync::mpsc::error::TrySendError;
+    let (room, closed) = match queue.try_send(item) {
+        Ok(()) => (None, false),
+        Err(TrySendError::Full(item)) => (Some(Box::pin(queue.send(item))), false),
+        Err(TrySendError::Closed(_)) => (None, true),
+    };
+    async move {
+        if closed {
+            return Err(StoreError::Closed);
+        }
+        if let Some(room) = room {
+            room.await.map_err(|_| StoreError::Closed)?;
+        }
+        Ok(())
+    }
+}
+
 /// A read from the database, boxed: see [`Store::get_within`].
 type Read<'a, T> = std::pin::Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 

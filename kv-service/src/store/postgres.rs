@@ -136,36 +136,44 @@ impl Postgres {
         Ok((store, id))
     }
 
-    pub(crate) async fn get(&self, plugin: &str, key: &str) -> Result<Option<Value>, StoreError> {
+    /// Queued for a reader when called (see `store::enqueue`); the future waits for its answer.
+    pub(crate) fn get(
+        &self,
+        plugin: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<Value>, StoreError>> + Send + '_ {
         let (done, outcome) = oneshot::channel();
-        self.read(Read::Get {
+        let read = Read::Get {
             plugin: plugin.to_owned(),
             key: key.to_owned(),
             done,
-        })
-        .await?;
-        outcome.await.map_err(|_| StoreError::Closed)?
+        };
+        let queued = super::enqueue(&self.reads, read);
+        async move {
+            queued.await?;
+            outcome.await.map_err(|_| StoreError::Closed)?
+        }
     }
 
-    pub(crate) async fn list(
+    /// Queued for a reader when called, as [`Postgres::get`] is.
+    pub(crate) fn list(
         &self,
         plugin: &str,
         prefix: &str,
         limit: u32,
-    ) -> Result<Listing, StoreError> {
+    ) -> impl Future<Output = Result<Listing, StoreError>> + Send + '_ {
         let (done, outcome) = oneshot::channel();
-        self.read(Read::List {
+        let read = Read::List {
             plugin: plugin.to_owned(),
             prefix: prefix.to_owned(),
             limit,
             done,
-        })
-        .await?;
-        outcome.await.map_err(|_| StoreError::Closed)?
-    }
-
-    async fn read(&self, read: Read) -> Result<(), StoreError> {
-        self.reads.send(read).await.map_err(|_| StoreError::Closed)
+        };
+        let queued = super::enqueue(&self.reads, read);
+        async move {
+            queued.await?;
+            outcome.await.map_err(|_| StoreError::Closed)?
+        }
     }
 
     /// On a connection of its own, beside the writer: chunk after chunk, each one statement

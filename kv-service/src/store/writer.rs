@@ -125,21 +125,9 @@ impl Writer {
             deadline,
             done,
         };
-        // Nearly always there is room; a full queue costs a boxed wait for it (back-pressure).
-        let (room, closed) = match self.queue.try_send(command) {
-            Ok(()) => (None, false),
-            Err(mpsc::error::TrySendError::Full(command)) => {
-                (Some(Box::pin(self.queue.send(command))), false)
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => (None, true),
-        };
+        let queued = super::enqueue(&self.queue, command);
         async move {
-            if closed {
-                return Err(StoreError::Closed);
-            }
-            if let Some(room) = room {
-                room.await.map_err(|_| StoreError::Closed)?;
-            }
+            queued.await?;
             outcome.await.map_err(|_| StoreError::Closed)?
         }
     }

@@ -206,6 +206,145 @@ fn names_repeat(members: &[(Cow<'_, str>, Document<'_>)]) -> bool {
     names.windows(2).any(|pair| pair[0] == pair[1])
 }
 
+/// A document as a serde `Deserializer`: a validated body becomes the request type without a
+/// second parse. It refuses a `RawValue` (which needs the member's original text) and enums
+/// (left to serde_json, which knows their shapes) with [`Unsupported`]; on that or any other
+/// error the caller reads the text instead, so every request type and every error message is
+/// exactly what serde_json makes of the text.
+impl<'de> Deserializer<'de> for &'de Document<'de> {
+    type Error = serde_json::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        match self {
+            Document::Null => visitor.visit_unit(),
+            Document::Bool(boolean) => visitor.visit_bool(*boolean),
+            Document::Number(number) => {
+                if let Some(unsigned) = number.as_u64() {
+                    visitor.visit_u64(unsigned)
+                } else if let Some(signed) = number.as_i64() {
+                    visitor.visit_i64(signed)
+                } else {
+                    visitor.visit_f64(number.as_f64().unwrap_or(f64::NAN))
+                }
+            }
+            Document::String(Cow::Borrowed(string)) => visitor.visit_borrowed_str(string),
+            Document::String(Cow::Owned(string)) => visitor.visit_str(string),
+            Document::Array(items) => visitor.visit_seq(Items(items.iter())),
+            Document::Object(members) => visitor.visit_map(Fields {
+                members: members.iter(),
+                value: None,
+            }),
+        }
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        match self {
+            Document::Null => visitor.visit_none(),
+            _ => visitor.visit_some(self),
+        }
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        if name == RAW_VALUE {
+            return Err(de::Error::custom(Unsupported));
+        }
+        visitor.visit_newtype_struct(self)
+    }
+
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _variants: &'static [&'static str],
+        _visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        Err(de::Error::custom(Unsupported))
+    }
+
+    fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        visitor.visit_unit()
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        unit unit_struct seq tuple tuple_struct map struct identifier
+    }
+}
+
+/// serde_json's name for a `RawValue` (semver-exempt, but a constant of its wire protocol with
+/// every `Deserializer`: checked by a test, and a change only sends such types to the text).
+const RAW_VALUE: &str = "$serde_json::private::RawValue";
+
+/// Why a document could not become a request type (a `RawValue` or an enum in it): the caller
+/// reads the text instead.
+#[derive(Debug)]
+pub(crate) struct Unsupported;
+
+impl fmt::Display for Unsupported {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("left to serde_json")
+    }
+}
+
+struct Items<'de>(std::slice::Iter<'de, Document<'de>>);
+
+impl<'de> SeqAccess<'de> for Items<'de> {
+    type Error = serde_json::Error;
+
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, Self::Error> {
+        self.0.next().map(|item| seed.deserialize(item)).transpose()
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.0.len())
+    }
+}
+
+struct Fields<'de> {
+    members: std::slice::Iter<'de, (Cow<'de, str>, Document<'de>)>,
+    value: Option<&'de Document<'de>>,
+}
+
+impl<'de> MapAccess<'de> for Fields<'de> {
+    type Error = serde_json::Error;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Self::Error> {
+        let Some((name, value)) = self.members.next() else {
+            return Ok(None);
+        };
+        self.value = Some(value);
+        let name = match name {
+            Cow::Borrowed(name) => seed.deserialize(de::value::BorrowedStrDeserializer::new(name)),
+            Cow::Owned(name) => seed.deserialize(de::value::StrDeserializer::new(name)),
+        };
+        name.map(Some)
+    }
+
+    fn next_value_seed<V: DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, Self::Error> {
+        let value = self
+            .value
+            .take()
+            .ok_or_else(|| de::Error::custom("a value asked for before its name"))?;
+        seed.deserialize(value)
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.members.len())
+    }
+}
+
 /// [`Document`] as a jsonschema instance representation.
 pub(crate) struct Documents;
 
@@ -340,6 +479,8 @@ impl<'a> Array<'a, Documents> for &'a [Document<'a>] {
 
 #[cfg(test)]
 mod tests {
+    use serde::de::{self, Deserializer, Visitor};
+
     use super::{Document, Parsed};
 
     fn parse(text: &str) -> Document<'_> {
@@ -416,6 +557,70 @@ mod tests {
             Document::parse(&many(false)),
             Ok(Parsed::Document(_))
         ));
+    }
+
+    /// The request types a document becomes are what serde_json makes of the same text.
+    #[test]
+    fn a_document_deserializes_as_its_text_does() {
+        use serde::Deserialize;
+        use std::collections::BTreeMap;
+
+        #[derive(Debug, PartialEq, Deserialize)]
+        struct Request {
+            name: String,
+            count: Option<u32>,
+            tags: Vec<String>,
+            ratio: f64,
+            nested: BTreeMap<String, i64>,
+            #[serde(default)]
+            missing: Option<bool>,
+        }
+        let text = r#"{"name":"a\"b","count":null,"tags":["x","y"],"ratio":1,
+                       "nested":{"k":-3},"ignored":{"deep":[1,{"x":null}]}}"#;
+        let document = parse(text);
+        let ours = Request::deserialize(&document).unwrap();
+        assert_eq!(ours, serde_json::from_str::<Request>(text).unwrap());
+        // What it cannot give, it refuses (the caller then reads the text).
+        #[derive(Debug, Deserialize)]
+        struct Raw {
+            #[allow(dead_code)]
+            value: Box<serde_json::value::RawValue>,
+        }
+        let raw = r#"{"value":[1, 2]}"#;
+        let err = Raw::deserialize(&parse(raw)).unwrap_err().to_string();
+        assert!(err.contains("left to serde_json"), "{err}");
+        assert!(
+            serde_json::from_str::<Raw>(raw).is_ok(),
+            "serde_json reads it"
+        );
+        #[derive(Debug, Deserialize)]
+        #[allow(dead_code)]
+        enum Kind {
+            A,
+        }
+        assert!(Kind::deserialize(&parse(r#""A""#)).is_err());
+        // The token serde_json's RawValue asks a deserializer for, as this module knows it.
+        struct Token;
+        impl<'de> Deserializer<'de> for Token {
+            type Error = serde_json::Error;
+            fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+                Err(de::Error::custom("any"))
+            }
+            fn deserialize_newtype_struct<V: Visitor<'de>>(
+                self,
+                name: &'static str,
+                _: V,
+            ) -> Result<V::Value, Self::Error> {
+                Err(de::Error::custom(name))
+            }
+            serde::forward_to_deserialize_any! {
+                bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+                byte_buf option unit unit_struct seq tuple tuple_struct map struct enum
+                identifier ignored_any
+            }
+        }
+        let asked = <Box<serde_json::value::RawValue>>::deserialize(Token).unwrap_err();
+        assert_eq!(asked.to_string(), super::RAW_VALUE);
     }
 
     #[test]

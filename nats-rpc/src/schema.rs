@@ -3,6 +3,7 @@
 //! `$ref` is local), and the very same schema is what [`EndpointSchemas`] publishes.
 
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use jsonschema::json::{Json, JsonNumber, Node, Object};
 use schemars::JsonSchema;
@@ -63,6 +64,9 @@ pub struct RequestValidator {
     /// The same schema, compiled for [`Document`]s: how request bodies are validated.
     documents: jsonschema::Validator<Documents>,
     required: Vec<Required>,
+    /// Whether request bodies are read from their text rather than from the validated
+    /// [`Document`] (see [`RequestValidator::decode`]); learnt from the first that must be.
+    needs_text: AtomicBool,
     /// Top-level fields typed `integer`, with the type error they report: JSON Schema lets
     /// `1.0` pass as an integer, but a Rust integer does not deserialize from it, so it is
     /// refused here with the same message as any other wrong type.
@@ -126,6 +130,7 @@ impl RequestValidator {
         Ok(RequestValidator {
             validator,
             documents,
+            needs_text: AtomicBool::new(false),
             required,
             integers,
         })
@@ -135,11 +140,12 @@ impl RequestValidator {
     /// → VALIDATION_ERROR; required field absent, null or empty → MISSING_FIELD; any schema rule
     /// → VALIDATION_ERROR; then deserializes `T`.
     ///
-    /// The body is read twice: once into a [`Document`] that the schema validates, once by
-    /// serde into `T`. Building `T` from the document instead would save the second read, but a
-    /// `Box<RawValue>` field (kv-service's `value`, kept byte for byte) needs the original
-    /// text of its member, which neither a document nor a `serde_json::Value` keeps; the
-    /// second read costs about a third of the first (callgrind, a `set` body).
+    /// The body is parsed once, into a [`Document`] that the schema validates and `T` is
+    /// deserialized from. A type the document cannot give (a `Box<RawValue>` field, like
+    /// kv-service's `value`, needs its member's original text; enums are left to serde_json) is
+    /// read from the text instead, and once one request has shown that, every later one is:
+    /// the second parse costs about a third of the first (callgrind, a `set` body). Any error
+    /// is the text's, so messages never depend on the path.
     pub fn decode<T: DeserializeOwned>(&self, payload: &[u8]) -> Result<T, Rejection> {
         let text = std::str::from_utf8(payload).map_err(|err| {
             Rejection::new(
@@ -153,21 +159,37 @@ impl RequestValidator {
         let invalid = |err: serde_json::Error| {
             Rejection::new(codes::INVALID_JSON, format!("Invalid JSON: {err}"))
         };
-        match Document::parse(text).map_err(invalid)? {
-            Parsed::Document(document) => self.check_node(&self.documents, &document)?,
+        let document_failed = match Document::parse(text).map_err(invalid)? {
+            Parsed::Document(document) => {
+                self.check_node(&self.documents, &document)?;
+                if self.needs_text.load(Ordering::Relaxed) {
+                    false
+                } else {
+                    match T::deserialize(&document) {
+                        Ok(request) => return Ok(request),
+                        Err(_) => true,
+                    }
+                }
+            }
             Parsed::RepeatedName => {
                 // Read as `Value` reads it (the last member of a name wins), so that validation
                 // never depends on the representation.
                 let value: Value = serde_json::from_str(text).map_err(invalid)?;
                 self.check(&value)?;
+                false
             }
-        }
-        serde_json::from_str(text).map_err(|err| {
+        };
+        let request = serde_json::from_str(text).map_err(|err| {
             Rejection::new(
                 codes::VALIDATION_ERROR,
                 truncate(format!("Invalid request: {err}")),
             )
-        })
+        })?;
+        if document_failed {
+            // The text gave what the document could not: this type needs the text.
+            self.needs_text.store(true, Ordering::Relaxed);
+        }
+        Ok(request)
     }
 
     /// Validates a parsed body, reporting the first failure in contract order.
@@ -502,4 +524,74 @@ fn error_schema(catalogue: &[ErrorCode]) -> Value {
         "required": ["success", "error"],
         "additionalProperties": false,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use schemars::JsonSchema;
+    use serde::Deserialize;
+    use serde_json::value::RawValue;
+
+    use super::RequestValidator;
+
+    #[derive(Debug, PartialEq, Deserialize, JsonSchema)]
+    struct Plain {
+        name: String,
+        count: Option<u32>,
+    }
+
+    #[derive(Debug, Deserialize, JsonSchema)]
+    struct Raw {
+        name: String,
+        #[schemars(with = "serde_json::Value")]
+        value: Box<RawValue>,
+    }
+
+    /// A type the document gives is built from it; a repeated member name, read through a
+    /// `Value`, does not change that.
+    #[test]
+    fn plain_requests_are_built_from_the_document() {
+        let validator = RequestValidator::new::<Plain>().unwrap();
+        let plain: Plain = validator
+            .decode(br#"{"name":"a","count":2,"x":1,"x":2}"#)
+            .unwrap();
+        assert_eq!(
+            plain,
+            Plain {
+                name: "a".into(),
+                count: Some(2)
+            }
+        );
+        assert!(!validator.needs_text.load(Ordering::Relaxed));
+        let plain: Plain = validator.decode(br#"{"name":"b\u00e9"}"#).unwrap();
+        assert_eq!(plain.name, "bé");
+        assert!(!validator.needs_text.load(Ordering::Relaxed));
+    }
+
+    /// A `RawValue` comes from the text, byte for byte, and from then on the type is read from
+    /// the text; errors are serde_json's either way.
+    #[test]
+    fn raw_values_come_from_the_text() {
+        let validator = RequestValidator::new::<Raw>().unwrap();
+        for _ in 0..2 {
+            let raw: Raw = validator
+                .decode(br#"{"name":"a","value":{"n":1.0e2, "s":"\u00e9"}}"#)
+                .unwrap();
+            assert_eq!(raw.name, "a");
+            assert_eq!(raw.value.get(), r#"{"n":1.0e2, "s":"\u00e9"}"#);
+            assert!(validator.needs_text.load(Ordering::Relaxed));
+        }
+        let duplicate = validator
+            .decode::<Raw>(br#"{"name":"a","name":"b","value":1}"#)
+            .unwrap_err();
+        assert!(
+            duplicate
+                .message
+                .starts_with("Invalid request: duplicate field `name`"),
+            "{}",
+            duplicate.message
+        );
+    }
 }

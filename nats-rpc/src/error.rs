@@ -177,3 +177,14 @@ impl RpcError for Error {
 
 /// The only text a client ever sees for an unexpected failure.
 pub const INTERNAL_MESSAGE: &str = "Internal error";
+
+/// Every code endpoints with error type `E` can reply with: the framework's, then the domain's.
+pub fn catalogue<E: RpcError>() -> Vec<ErrorCode> {
+    let mut all = codes::ALL.to_vec();
+    for code in E::CATALOGUE {
+        if !all.iter().any(|known| known.code == code.code) {
+            all.push(*code);
+        }
+    }
+    all
+}

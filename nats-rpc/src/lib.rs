@@ -70,31 +70,33 @@ mod endpoint;
 pub mod envelope;
 mod error;
 mod micro;
+mod responder;
 mod schema;
 mod service;
 mod stats;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod validate;
 
 pub use client::{CallError, Client, DEFAULT_TIMEOUT};
 pub use endpoint::{
     Context, Deadline, Endpoint, MAX_TIMEOUT, RequestType, ResponseType, Subject, TIMEOUT_HEADER,
 };
 pub use envelope::RemoteError;
-pub use error::{Error, ErrorCode, INTERNAL_MESSAGE, RpcError, codes, status_of};
+pub use error::{Error, ErrorCode, INTERNAL_MESSAGE, RpcError, catalogue, codes, status_of};
 pub use micro::{
     ASYNCAPI_KEY, ERROR_CODE_HEADER, ERROR_HEADER, ERRORS_KEY, EndpointInfo, Instance,
     InstanceEndpoint, RPC_CODE_HEADER, SCHEMA_KEYS, ServiceInfo, asyncapi_subject, discover,
 };
-pub use schema::{
-    DIALECT, EndpointSchemas, Rejection, RequestValidator, SchemaError, catalogue, schema_of,
-};
+pub use responder::{Reply, Responder};
+pub use schema::{DIALECT, EndpointSchemas, schema_of};
 pub use service::{
-    DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_IN_FLIGHT, DEFAULT_QUEUE_GROUP, DrainTimeout, Reply,
-    Responder, SUBSCRIPTION_CAPACITY, ServeError, Service, ServiceBuilder, connect_options,
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_IN_FLIGHT, DEFAULT_QUEUE_GROUP, DrainTimeout,
+    SUBSCRIPTION_CAPACITY, ServeError, Service, ServiceBuilder, connect_options,
 };
 pub use stats::{LATENCY_WINDOW, Latency, StatsSnapshot};
+pub use validate::{Rejection, RequestValidator, SchemaError};
 
 /// Turns an `async fn` into a NATS endpoint.
 ///

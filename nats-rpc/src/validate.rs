@@ -1,0 +1,450 @@
+//! Request validation: the pipeline from payload bytes to the request type, with the
+//! contract's error codes and messages. Each endpoint's request schema (the very one
+//! [`crate::EndpointSchemas`] publishes) is compiled once, at registration (jsonschema, no
+//! resolvers: every `$ref` is local); bodies are read as a [`Document`].
+
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use jsonschema::json::{Json, JsonNumber, Node, Object};
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::document::{Document, Documents, Parsed};
+use crate::error::{ErrorCode, codes};
+use crate::schema::schema_of;
+
+/// Longest client message derived from input, so an error reply never echoes a large payload.
+const MAX_DETAIL: usize = 200;
+
+/// Why a request was turned away before reaching the handler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Rejection {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Rejection {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// A required top-level field and which "empty" values count as missing for it: `null` and `""`
+/// are missing exactly when the field's own schema rejects them (a `value` of any JSON type
+/// accepts `null`, so a `null` value is a value).
+#[derive(Debug)]
+struct Required {
+    name: String,
+    null_is_missing: bool,
+    empty_is_missing: bool,
+}
+
+/// A request schema compiled for validation, plus what the MISSING_FIELD rule needs.
+#[derive(Debug)]
+pub struct RequestValidator {
+    /// The schema, compiled for `serde_json::Value` instances ([`RequestValidator::check`], and
+    /// bodies that name a member twice).
+    validator: jsonschema::Validator,
+    /// The same schema, compiled for [`Document`]s: how request bodies are validated.
+    documents: jsonschema::Validator<Documents>,
+    required: Vec<Required>,
+    /// Whether request bodies are read from their text rather than from the validated
+    /// [`Document`] (see [`RequestValidator::decode`]); learnt from the first that must be.
+    needs_text: AtomicBool,
+    /// Top-level fields typed `integer`, with the type error they report: JSON Schema lets
+    /// `1.0` pass as an integer, but a Rust integer does not deserialize from it, so it is
+    /// refused here with the same message as any other wrong type.
+    integers: Vec<(String, String)>,
+}
+
+/// The request schema could not be compiled (a bug in a `JsonSchema` impl, not bad input).
+#[derive(Debug)]
+pub struct SchemaError(String);
+
+impl std::fmt::Display for SchemaError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid request schema: {}", self.0)
+    }
+}
+
+impl std::error::Error for SchemaError {}
+
+impl RequestValidator {
+    /// Compiles the schema of `T`.
+    pub fn new<T: JsonSchema>() -> Result<Self, SchemaError> {
+        Self::from_schema(&schema_of::<T>())
+    }
+
+    /// Compiles a request schema given as JSON.
+    pub fn from_schema(schema: &Value) -> Result<Self, SchemaError> {
+        let validator = compile(schema)?;
+        let documents = jsonschema::options_for::<Documents>()
+            .with_draft(jsonschema::Draft::Draft202012)
+            .build(schema)
+            .map_err(|err| SchemaError(err.to_string()))?;
+        let properties = schema.get("properties").and_then(Value::as_object);
+        // schemars lists required fields in declaration order, the order the contract gives
+        // MISSING_FIELD precedence in.
+        let required_names: Vec<&str> = schema
+            .get("required")
+            .and_then(Value::as_array)
+            .map(|names| names.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let required = required_names
+            .into_iter()
+            .map(|name| {
+                let field = properties
+                    .and_then(|props| props.get(name))
+                    .map(|field| compile(&with_defs(field, schema)))
+                    .transpose()?;
+                let rejects = |probe: Value| field.as_ref().is_some_and(|v| !v.is_valid(&probe));
+                Ok(Required {
+                    name: name.to_owned(),
+                    null_is_missing: rejects(Value::Null),
+                    empty_is_missing: rejects(Value::String(String::new())),
+                })
+            })
+            .collect::<Result<_, SchemaError>>()?;
+        let integers = properties
+            .into_iter()
+            .flatten()
+            .filter(|(_, field)| is_integer_typed(field))
+            .map(|(name, field)| (name.clone(), type_rule(field)))
+            .collect();
+        Ok(RequestValidator {
+            validator,
+            documents,
+            needs_text: AtomicBool::new(false),
+            required,
+            integers,
+        })
+    }
+
+    /// Runs the whole pipeline up to the handler: UTF-8 and JSON → INVALID_JSON; not an object
+    /// → VALIDATION_ERROR; required field absent, null or empty → MISSING_FIELD; any schema rule
+    /// → VALIDATION_ERROR; then deserializes `T`.
+    ///
+    /// The body is parsed once, into a document (`document.rs`) that the schema validates and
+    /// `T` is deserialized from. A type the document cannot give (a `Box<RawValue>` field, like
+    /// kv-service's `value`, needs its member's original text; enums are left to serde_json)
+    /// is read from the text instead, and once one request has shown that, every later one is:
+    /// that second parse costs about a third of the first (callgrind, a `set` body). Any error
+    /// is the text's, so messages never depend on the path.
+    pub fn decode<T: DeserializeOwned>(&self, payload: &[u8]) -> Result<T, Rejection> {
+        let text = std::str::from_utf8(payload).map_err(|err| {
+            Rejection::new(
+                codes::INVALID_JSON,
+                format!(
+                    "Invalid JSON: body is not valid UTF-8 (invalid byte at offset {})",
+                    err.valid_up_to()
+                ),
+            )
+        })?;
+        let invalid = |err: serde_json::Error| {
+            Rejection::new(codes::INVALID_JSON, format!("Invalid JSON: {err}"))
+        };
+        let document_failed = match Document::parse(text).map_err(invalid)? {
+            Parsed::Document(document) => {
+                self.check_node(&self.documents, &document)?;
+                if self.needs_text.load(Ordering::Relaxed) {
+                    false
+                } else {
+                    match T::deserialize(&document) {
+                        Ok(request) => return Ok(request),
+                        Err(_) => true,
+                    }
+                }
+            }
+            Parsed::RepeatedName => {
+                // Read as `Value` reads it (the last member of a name wins), so that validation
+                // never depends on the representation.
+                let value: Value = serde_json::from_str(text).map_err(invalid)?;
+                self.check(&value)?;
+                false
+            }
+        };
+        let request = serde_json::from_str(text).map_err(|err| {
+            Rejection::new(
+                codes::VALIDATION_ERROR,
+                truncate(format!("Invalid request: {err}")),
+            )
+        })?;
+        if document_failed {
+            // The text gave what the document could not: this type needs the text.
+            self.needs_text.store(true, Ordering::Relaxed);
+        }
+        Ok(request)
+    }
+
+    /// Validates a parsed body, reporting the first failure in contract order.
+    pub fn check(&self, value: &Value) -> Result<(), Rejection> {
+        self.check_node(&self.validator, value)
+    }
+
+    /// [`RequestValidator::check`] on any representation.
+    fn check_node<'i, F: Json<PreparedKey = String>>(
+        &'i self,
+        validator: &'i jsonschema::Validator<F>,
+        instance: F::Node<'i>,
+    ) -> Result<(), Rejection> {
+        let Some(object) = instance.as_object() else {
+            return Err(Rejection::new(
+                codes::VALIDATION_ERROR,
+                format!(
+                    "Request body must be a JSON object, got {}",
+                    type_name(instance.json_type())
+                ),
+            ));
+        };
+        for field in &self.required {
+            let missing = match object.get(&field.name) {
+                None => true,
+                Some(member) if member.is_null() => field.null_is_missing,
+                Some(member) if member.as_string().is_some_and(|s| s.is_empty()) => {
+                    field.empty_is_missing
+                }
+                Some(_) => false,
+            };
+            if missing {
+                return Err(missing_field(&field.name));
+            }
+        }
+        if !validator.is_valid(instance.clone()) {
+            let error = validator
+                .iter_errors(instance.clone())
+                .next()
+                .expect("an invalid instance has at least one error");
+            return Err(describe(&error));
+        }
+        for (name, rule) in &self.integers {
+            // serde_json reads an in-range integer literal as i64/u64, so an integral f64 in
+            // that range was written `1.0` or `1e0`; out-of-range literals are left to the
+            // schema's range rules.
+            let written_as_float = object
+                .get(name)
+                .and_then(|member| member.as_number())
+                .is_some_and(|number| {
+                    number.as_u64().is_none()
+                        && number.as_i64().is_none()
+                        && number
+                            .as_f64()
+                            .is_some_and(|float| float.fract() == 0.0 && float.abs() < 9.0e18)
+                });
+            if written_as_float {
+                return Err(Rejection::new(
+                    codes::VALIDATION_ERROR,
+                    format!("Field '{name}' {rule}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `must be of type integer or null`: non-null types first, as a reader would say it.
+fn must_be_of_type(mut names: Vec<&str>) -> String {
+    names.sort_by_key(|name| *name == "null");
+    format!("must be of type {}", names.join(" or "))
+}
+
+/// The type rule of a field's schema, worded as [`describe`] words a type error.
+fn type_rule(field: &Value) -> String {
+    match field.get("type") {
+        Some(Value::String(single)) => must_be_of_type(vec![single.as_str()]),
+        Some(Value::Array(types)) => {
+            must_be_of_type(types.iter().filter_map(Value::as_str).collect())
+        }
+        _ => "must be of type integer".to_owned(),
+    }
+}
+
+/// `"type": "integer"` or `["integer", "null"]`, without `number`.
+fn is_integer_typed(field: &Value) -> bool {
+    let has = |wanted: &str| match field.get("type") {
+        Some(Value::String(single)) => single == wanted,
+        Some(Value::Array(types)) => types.iter().any(|t| t == wanted),
+        _ => false,
+    };
+    has("integer") && !has("number")
+}
+
+fn compile(schema: &Value) -> Result<jsonschema::Validator, SchemaError> {
+    jsonschema::options()
+        .with_draft(jsonschema::Draft::Draft202012)
+        .build(schema)
+        .map_err(|err| SchemaError(err.to_string()))
+}
+
+/// A property's schema made standalone: the root's `$defs` copied in so local `$ref`s resolve.
+fn with_defs(field: &Value, root: &Value) -> Value {
+    match (field, root.get("$defs")) {
+        (Value::Object(field), Some(defs)) => {
+            let mut field = field.clone();
+            field.insert("$defs".into(), defs.clone());
+            Value::Object(field)
+        }
+        (field, _) => field.clone(),
+    }
+}
+
+fn missing_field(name: &str) -> Rejection {
+    Rejection::new(
+        codes::MISSING_FIELD,
+        format!("Required field '{name}' is missing"),
+    )
+}
+
+/// Turns a schema violation into a message naming the field and the rule, never the value.
+fn describe(error: &jsonschema::ValidationError<'_>) -> Rejection {
+    use jsonschema::error::{TypeKind, ValidationErrorKind as Kind};
+
+    let field = field_name(&error.instance_path().to_string());
+    let rule: Cow<'_, str> = match error.kind() {
+        Kind::Type { kind } => match kind {
+            TypeKind::Single(single) => must_be_of_type(vec![single.as_str()]).into(),
+            TypeKind::Multiple(set) => {
+                must_be_of_type(set.iter().map(|t| t.as_str()).collect()).into()
+            }
+        },
+        Kind::Minimum { limit } => format!("must be >= {limit}").into(),
+        Kind::Maximum { limit } => format!("must be <= {limit}").into(),
+        Kind::ExclusiveMinimum { limit } => format!("must be > {limit}").into(),
+        Kind::ExclusiveMaximum { limit } => format!("must be < {limit}").into(),
+        Kind::MinLength { limit } => format!("must be at least {limit} characters long").into(),
+        Kind::MaxLength { limit } => format!("must be at most {limit} characters long").into(),
+        Kind::MinItems { limit } => format!("must have at least {limit} items").into(),
+        Kind::MaxItems { limit } => format!("must have at most {limit} items").into(),
+        Kind::Pattern { pattern } => format!("must match the pattern {pattern}").into(),
+        Kind::Enum { options } => format!("must be one of {options}").into(),
+        Kind::Constant { expected_value } => format!("must equal {expected_value}").into(),
+        Kind::MultipleOf { .. } => "must be a multiple of the schema's `multipleOf`".into(),
+        Kind::Required { property } => {
+            let name = property.as_str().unwrap_or_default();
+            let path = if field.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{field}.{name}")
+            };
+            return missing_field(&path);
+        }
+        Kind::AdditionalProperties { unexpected } => {
+            format!("must not have the member(s) {}", unexpected.join(", ")).into()
+        }
+        Kind::FalseSchema => "is not allowed".into(),
+        other => truncate(format!("is invalid: {other:?}")).into(),
+    };
+    let subject = if field.is_empty() {
+        "Request".to_owned()
+    } else {
+        format!("Field '{field}'")
+    };
+    Rejection::new(codes::VALIDATION_ERROR, format!("{subject} {rule}"))
+}
+
+/// `/a/b~1c` (a JSON pointer) → `a.b/c`.
+fn field_name(pointer: &str) -> String {
+    pointer
+        .split('/')
+        .skip(1)
+        .map(|segment| segment.replace("~1", "/").replace("~0", "~"))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+fn type_name(kind: jsonschema::JsonType) -> &'static str {
+    use jsonschema::JsonType;
+    match kind {
+        JsonType::Null => "null",
+        JsonType::Boolean => "boolean",
+        JsonType::Number | JsonType::Integer => "number",
+        JsonType::String => "string",
+        JsonType::Array => "array",
+        JsonType::Object => "object",
+    }
+}
+
+fn truncate(mut message: String) -> String {
+    if message.len() > MAX_DETAIL {
+        let mut end = MAX_DETAIL;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('…');
+    }
+    message
+}
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use schemars::JsonSchema;
+    use serde::Deserialize;
+    use serde_json::value::RawValue;
+
+    use super::RequestValidator;
+
+    #[derive(Debug, PartialEq, Deserialize, JsonSchema)]
+    struct Plain {
+        name: String,
+        count: Option<u32>,
+    }
+
+    #[derive(Debug, Deserialize, JsonSchema)]
+    struct Raw {
+        name: String,
+        #[schemars(with = "serde_json::Value")]
+        value: Box<RawValue>,
+    }
+
+    /// A type the document gives is built from it; a repeated member name, read through a
+    /// `Value`, does not change that.
+    #[test]
+    fn plain_requests_are_built_from_the_document() {
+        let validator = RequestValidator::new::<Plain>().unwrap();
+        let plain: Plain = validator
+            .decode(br#"{"name":"a","count":2,"x":1,"x":2}"#)
+            .unwrap();
+        assert_eq!(
+            plain,
+            Plain {
+                name: "a".into(),
+                count: Some(2)
+            }
+        );
+        assert!(!validator.needs_text.load(Ordering::Relaxed));
+        let plain: Plain = validator.decode(br#"{"name":"b\u00e9"}"#).unwrap();
+        assert_eq!(plain.name, "bé");
+        assert!(!validator.needs_text.load(Ordering::Relaxed));
+    }
+
+    /// A `RawValue` comes from the text, byte for byte, and from then on the type is read from
+    /// the text; errors are serde_json's either way.
+    #[test]
+    fn raw_values_come_from_the_text() {
+        let validator = RequestValidator::new::<Raw>().unwrap();
+        for _ in 0..2 {
+            let raw: Raw = validator
+                .decode(br#"{"name":"a","value":{"n":1.0e2, "s":"\u00e9"}}"#)
+                .unwrap();
+            assert_eq!(raw.name, "a");
+            assert_eq!(raw.value.get(), r#"{"n":1.0e2, "s":"\u00e9"}"#);
+            assert!(validator.needs_text.load(Ordering::Relaxed));
+        }
+        let duplicate = validator
+            .decode::<Raw>(br#"{"name":"a","name":"b","value":1}"#)
+            .unwrap_err();
+        assert!(
+            duplicate
+                .message
+                .starts_with("Invalid request: duplicate field `name`"),
+            "{}",
+            duplicate.message
+        );
+    }
+}

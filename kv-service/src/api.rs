@@ -23,6 +23,13 @@ pub fn is_plugin_name(name: &str) -> bool {
 }
 
 pub use crate::value::{MAX_VALUE_BYTES, MAX_VALUE_DEPTH};
+/// Longest key, in characters (Unicode scalar values, as JSON Schema's `maxLength` counts).
+pub const MAX_KEY_CHARS: u32 = 255;
+/// Longest time to live, in seconds (the largest signed 32-bit integer, as the original
+/// service's).
+pub const MAX_TTL_SECONDS: u32 = 2_147_483_647;
+/// Most keys one `list` returns.
+pub const MAX_LIST_LIMIT: u32 = 10_000;
 /// `list` limit when the request gives none.
 pub const DEFAULT_LIMIT: u32 = 1000;
 
@@ -40,7 +47,7 @@ pub struct SetRequest {
     #[schemars(regex(pattern = PLUGIN_NAME_PATTERN))]
     pub plugin_name: String,
     /// 1 to 255 characters.
-    #[schemars(length(min = 1, max = 255))]
+    #[schemars(length(min = 1, max = MAX_KEY_CHARS))]
     pub key: String,
     /// Any JSON value, `null` included; at most 65536 bytes as compact JSON.
     // `tsType`: json-schema-to-typescript types a schema without `type` as an object, where any
@@ -49,7 +56,7 @@ pub struct SetRequest {
     pub value: Box<RawValue>,
     /// Seconds until the key expires; absent or `null` means never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 2_147_483_647))]
+    #[schemars(range(min = 1, max = MAX_TTL_SECONDS))]
     pub ttl_seconds: Option<u32>,
 }
 
@@ -60,7 +67,7 @@ pub struct GetRequest {
     #[schemars(regex(pattern = PLUGIN_NAME_PATTERN))]
     pub plugin_name: String,
     /// 1 to 255 characters.
-    #[schemars(length(min = 1, max = 255))]
+    #[schemars(length(min = 1, max = MAX_KEY_CHARS))]
     pub key: String,
 }
 
@@ -71,7 +78,7 @@ pub struct DeleteRequest {
     #[schemars(regex(pattern = PLUGIN_NAME_PATTERN))]
     pub plugin_name: String,
     /// 1 to 255 characters.
-    #[schemars(length(min = 1, max = 255))]
+    #[schemars(length(min = 1, max = MAX_KEY_CHARS))]
     pub key: String,
 }
 
@@ -87,7 +94,7 @@ pub struct ListRequest {
     pub prefix: Option<String>,
     /// Most keys to return, 1 to 10000; default 1000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 10_000), extend("default" = DEFAULT_LIMIT))]
+    #[schemars(range(min = 1, max = MAX_LIST_LIMIT), extend("default" = DEFAULT_LIMIT))]
     pub limit: Option<u32>,
 }
 
@@ -99,14 +106,14 @@ pub struct PluginSetRequest {
     #[schemars(regex(pattern = PLUGIN_NAME_PATTERN))]
     pub plugin_name: Option<String>,
     /// 1 to 255 characters.
-    #[schemars(length(min = 1, max = 255))]
+    #[schemars(length(min = 1, max = MAX_KEY_CHARS))]
     pub key: String,
     /// Any JSON value, `null` included; at most 65536 bytes as compact JSON.
     #[schemars(extend("tsType" = "unknown"))]
     pub value: Box<RawValue>,
     /// Seconds until the key expires; absent or `null` means never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 2_147_483_647))]
+    #[schemars(range(min = 1, max = MAX_TTL_SECONDS))]
     pub ttl_seconds: Option<u32>,
 }
 
@@ -118,7 +125,7 @@ pub struct PluginKeyRequest {
     #[schemars(regex(pattern = PLUGIN_NAME_PATTERN))]
     pub plugin_name: Option<String>,
     /// 1 to 255 characters.
-    #[schemars(length(min = 1, max = 255))]
+    #[schemars(length(min = 1, max = MAX_KEY_CHARS))]
     pub key: String,
 }
 
@@ -135,7 +142,7 @@ pub struct PluginListRequest {
     pub prefix: Option<String>,
     /// Most keys to return, 1 to 10000; default 1000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 10_000), extend("default" = DEFAULT_LIMIT))]
+    #[schemars(range(min = 1, max = MAX_LIST_LIMIT), extend("default" = DEFAULT_LIMIT))]
     pub limit: Option<u32>,
 }
 
@@ -328,7 +335,7 @@ pub async fn set(
         value,
         ttl_seconds,
     } = request;
-    put(
+    set_key(
         store,
         plugin_name,
         key,
@@ -345,7 +352,7 @@ pub async fn get(
     request: GetRequest,
     context: Context<'_>,
 ) -> Result<GetReply, KvError> {
-    read(
+    get_key(
         store,
         &request.plugin_name,
         &request.key,
@@ -360,7 +367,7 @@ pub async fn delete(
     request: DeleteRequest,
     context: Context<'_>,
 ) -> Result<DeleteReply, KvError> {
-    remove(
+    delete_key(
         store,
         &request.plugin_name,
         &request.key,
@@ -376,7 +383,7 @@ pub async fn list(
     context: Context<'_>,
 ) -> Result<ListReply, KvError> {
     let deadline = context.deadline();
-    scan(
+    list_keys(
         store,
         &request.plugin_name,
         request.prefix,
@@ -398,7 +405,7 @@ pub async fn plugin_set(
 ) -> Result<SetReply, PluginError<SetError>> {
     let plugin = plugin_of(context, request.plugin_name)?;
     let deadline = context.deadline();
-    Ok(put(
+    Ok(set_key(
         store,
         plugin,
         request.key,
@@ -417,7 +424,7 @@ pub async fn plugin_get(
     context: Context<'_>,
 ) -> Result<GetReply, PluginError<KvError>> {
     let plugin = plugin_of(context, request.plugin_name)?;
-    Ok(read(store, &plugin, &request.key, context.deadline()).await?)
+    Ok(get_key(store, &plugin, &request.key, context.deadline()).await?)
 }
 
 /// `rosey.db.kv.<plugin_name>.delete`; see [`fn@plugin_set`].
@@ -428,7 +435,7 @@ pub async fn plugin_delete(
     context: Context<'_>,
 ) -> Result<DeleteReply, PluginError<KvError>> {
     let plugin = plugin_of(context, request.plugin_name)?;
-    Ok(remove(store, &plugin, &request.key, context.deadline()).await?)
+    Ok(delete_key(store, &plugin, &request.key, context.deadline()).await?)
 }
 
 /// `rosey.db.kv.<plugin_name>.list`; see [`fn@plugin_set`].
@@ -440,10 +447,13 @@ pub async fn plugin_list(
 ) -> Result<ListReply, PluginError<KvError>> {
     let plugin = plugin_of(context, request.plugin_name)?;
     let deadline = context.deadline();
-    Ok(scan(store, &plugin, request.prefix, request.limit, deadline).await?)
+    Ok(list_keys(store, &plugin, request.prefix, request.limit, deadline).await?)
 }
 
-async fn put(
+// The four operations, shared by the contract endpoints and the per-plugin ones.
+
+/// `set`: the value admitted by its rules (`value.rs`), then written.
+async fn set_key(
     store: &Store,
     plugin_name: String,
     key: String,
@@ -458,7 +468,8 @@ async fn put(
     Ok(SetReply {})
 }
 
-async fn read(
+/// `get`.
+async fn get_key(
     store: &Store,
     plugin_name: &str,
     key: &str,
@@ -471,7 +482,8 @@ async fn read(
     })
 }
 
-async fn remove(
+/// `delete`.
+async fn delete_key(
     store: &Store,
     plugin_name: &str,
     key: &str,
@@ -481,7 +493,8 @@ async fn remove(
     Ok(DeleteReply { deleted })
 }
 
-async fn scan(
+/// `list`, with the request's defaults applied.
+async fn list_keys(
     store: &Store,
     plugin_name: &str,
     prefix: Option<String>,

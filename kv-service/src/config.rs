@@ -91,15 +91,15 @@ pub struct ServeConfig {
     pub max_in_flight: usize,
     /// MiB of memory for the in-memory mirror that serves reads on SQLite; past it, or at 0,
     /// reads go to the file. PostgreSQL has no mirror (other instances write too).
-    #[arg(long, env = "MIRROR_MB", default_value_t = 48, global = true)]
+    #[arg(long, env = "MIRROR_MB", default_value_t = crate::store::DEFAULT_MIRROR_MB, global = true)]
     pub mirror_mb: usize,
     /// Database connections serving reads (PostgreSQL; SQLite when the mirror is off).
-    #[arg(long, env = "READ_CONNECTIONS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64), global = true)]
+    #[arg(long, env = "READ_CONNECTIONS", default_value_t = crate::store::DEFAULT_READ_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..=64), global = true)]
     pub read_connections: u32,
     /// PostgreSQL: milliseconds a statement may run (a lock held elsewhere, a hung server)
     /// before the request is answered INTERNAL_ERROR.
-    #[arg(long = "statement-timeout-ms", env = "STATEMENT_TIMEOUT_MS", default_value = "5000", value_parser = parse_millis, global = true)]
-    pub statement_timeout: Duration,
+    #[arg(long = "statement-timeout-ms", env = "STATEMENT_TIMEOUT_MS", default_value_t = crate::store::DEFAULT_STATEMENT_TIMEOUT_MS, value_parser = parse_millis_count, global = true)]
+    pub statement_timeout_ms: u64,
     /// Shifts this process's clock by this many milliseconds: for tests of instances whose
     /// clocks disagree.
     #[arg(
@@ -236,8 +236,12 @@ const MAX_MILLIS: u64 = 3_600_000;
 const MAX_SECONDS: u64 = 31_536_000;
 
 fn parse_millis(text: &str) -> Result<Duration, String> {
+    parse_millis_count(text).map(Duration::from_millis)
+}
+
+fn parse_millis_count(text: &str) -> Result<u64, String> {
     match text.parse::<u64>() {
-        Ok(millis @ 1..=MAX_MILLIS) => Ok(Duration::from_millis(millis)),
+        Ok(millis @ 1..=MAX_MILLIS) => Ok(millis),
         _ => Err(format!(
             "`{text}` is not a whole number of milliseconds from 1 to {MAX_MILLIS}"
         )),
@@ -326,7 +330,7 @@ impl ServeConfig {
             synchronous_full: self.synchronous_full,
             read_connections: self.read_connections,
             mirror_budget_bytes: self.mirror_mb << 20,
-            statement_timeout: self.statement_timeout,
+            statement_timeout: Duration::from_millis(self.statement_timeout_ms),
             clock_offset_ms: self.clock_offset_ms,
         }
     }

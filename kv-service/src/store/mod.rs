@@ -84,16 +84,24 @@ pub struct StoreOptions {
     pub clock_offset_ms: i64,
 }
 
+/// Connections serving reads unless told otherwise (the command line's default too).
+pub const DEFAULT_READ_CONNECTIONS: u32 = 2;
+/// MiB the SQLite read mirror may use unless told otherwise (the command line's default too).
+pub const DEFAULT_MIRROR_MB: usize = 48;
+/// PostgreSQL statement timeout, in milliseconds, unless told otherwise (the command line's
+/// default too).
+pub const DEFAULT_STATEMENT_TIMEOUT_MS: u64 = 5000;
+
 impl StoreOptions {
-    /// Defaults for `url`: WAL with `synchronous=NORMAL`, four readers, a 48 MiB mirror, a
-    /// 5 s statement timeout.
+    /// Defaults for `url`: WAL with `synchronous=NORMAL`, [`DEFAULT_READ_CONNECTIONS`] readers,
+    /// a [`DEFAULT_MIRROR_MB`] MiB mirror, a [`DEFAULT_STATEMENT_TIMEOUT_MS`] statement timeout.
     pub fn new(url: impl Into<String>) -> Self {
         StoreOptions {
             url: url.into(),
             synchronous_full: false,
-            read_connections: 4,
-            mirror_budget_bytes: 48 << 20,
-            statement_timeout: Duration::from_secs(5),
+            read_connections: DEFAULT_READ_CONNECTIONS,
+            mirror_budget_bytes: DEFAULT_MIRROR_MB << 20,
+            statement_timeout: Duration::from_millis(DEFAULT_STATEMENT_TIMEOUT_MS),
             clock_offset_ms: 0,
         }
     }

@@ -2,17 +2,18 @@
 //! every live key arrives with its value, expiry and timestamps, expired keys stay behind,
 //! running it twice changes nothing, and a source still being served is refused.
 
-mod support;
+mod common;
 
 use std::process::Command;
 use std::str::FromStr;
 use std::time::Duration;
 
-use kv_service::testing::Postgres;
-use nats_rpc::testing::NatsServer;
+use common::{BIN, absent, client, found, instance, ok, wait_for_instances};
 use serde_json::{Value, json};
 use sqlx::ConnectOptions;
-use support::{BIN, absent, call, client, found, instance, ok, wait_for_instances};
+use test_support::NatsServer;
+use test_support::Postgres;
+use test_support::call;
 
 /// `(stdout, stderr)` of a successful `kv-service copy`.
 fn copy(from: &str, to: &str) -> (String, String) {

@@ -4,20 +4,20 @@
 //! answer, never a hang past the client's timeout), the service answers again within 5 s of
 //! the database's return, and no acknowledged write is lost.
 
-mod support;
+mod common;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kv_service::testing::{Postgres, free_port};
-use nats_rpc::testing::NatsServer;
+use common::{
+    Outcome, client, found, instance, internal_error, ok, request, serving, wait_for_instances,
+};
 use serde_json::json;
 use sqlx::{ConnectOptions, Connection};
-use support::{
-    Outcome, call, client, found, instance, internal_error, ok, request, serving,
-    wait_for_instances,
-};
+use test_support::NatsServer;
+use test_support::call;
+use test_support::{Postgres, free_port};
 
 /// What 16 writers saw: the last acknowledged value per key, and every other outcome counted.
 #[derive(Debug, Default)]

@@ -2,16 +2,17 @@
 //! acknowledged by any instance is what every later request to any instance sees, and expiry is
 //! one clock's (the database's) however far the instances' own clocks disagree.
 
-mod support;
+mod common;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kv_service::testing::Postgres;
-use nats_rpc::testing::NatsServer;
+use common::{absent, client, found, instance, ok, request, wait_for_instances};
 use serde_json::json;
-use support::{absent, call, client, found, instance, ok, request, wait_for_instances};
+use test_support::NatsServer;
+use test_support::Postgres;
+use test_support::call;
 
 /// 3 instances, 16 clients writing for 3 s with a read-back of each write right after its
 /// acknowledgement (NATS sends it to any of the three); then every acknowledged write read

@@ -3,15 +3,16 @@
 //! Each refusal exits 1 with a message naming the fix, and leaves the running instance serving.
 //! A conflicting instance that appears later is logged as an error within 10 s.
 
-mod support;
+mod common;
 
 use std::time::{Duration, Instant};
 
+use common::{client, found, instance, ok, wait_for_instances};
 use kv_service::store::{Store, StoreOptions};
-use kv_service::testing::{Postgres, Service};
-use nats_rpc::testing::NatsServer;
 use serde_json::json;
-use support::{call, client, found, instance, ok, wait_for_instances};
+use test_support::NatsServer;
+use test_support::call;
+use test_support::{Postgres, Service};
 
 fn sqlite_url(dir: &tempfile::TempDir, file: &str) -> String {
     format!("sqlite://{}", dir.path().join(file).display())

@@ -25,9 +25,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use kv_service::testing::env_or;
-use kv_service::testing::{Postgres, Service};
-use nats_rpc::testing::NatsServer;
+use test_support::NatsServer;
+use test_support::env_or;
+use test_support::{Postgres, Service};
 
 const IN_FLIGHT: u64 = 16;
 const GROUPS: [&str; 10] = [
@@ -144,7 +144,7 @@ async fn profile(
         .connect(nats.url())
         .await
         .unwrap();
-    nats_rpc::testing::wait_for_service(&client, "kv-service").await;
+    test_support::wait_for_service(&client, "kv-service").await;
     send(&client, "fill", keys, keys).await;
     instrument(service.pid(), "on");
     send(&client, op, count, keys).await;

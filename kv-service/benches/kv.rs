@@ -16,10 +16,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use kv_service::testing::env_or;
-use kv_service::testing::{Postgres, Service, wait_for_instances};
-use nats_rpc::testing::NatsServer;
-use nats_rpc::testing::load::{Report, Summary, bare_responder, drive, median};
+use test_support::NatsServer;
+use test_support::env_or;
+use test_support::load::{Report, Summary, bare_responder, drive, median};
+use test_support::{Postgres, Service, wait_for_instances};
 
 const KEYS: u64 = 10_000;
 

@@ -22,10 +22,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use kv_service::testing::Service;
-use kv_service::testing::env_or;
-use nats_rpc::testing::NatsServer;
-use nats_rpc::testing::load::drive;
+use test_support::NatsServer;
+use test_support::Service;
+use test_support::env_or;
+use test_support::load::drive;
 
 const KEYS: u64 = 10_000;
 /// How long clients wait for a reply, and what they put in `Rpc-Timeout-Ms`.
@@ -107,7 +107,7 @@ async fn run() {
             ],
         );
         let driver = async_nats::connect(nats.url()).await.expect("connect");
-        nats_rpc::testing::wait_for_service(&driver, "kv-service").await;
+        test_support::wait_for_service(&driver, "kv-service").await;
         let payloads: Arc<dyn Fn(u64) -> Bytes + Send + Sync> = {
             let op = op.clone();
             Arc::new(move |i| body(&op, i))

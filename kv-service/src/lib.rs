@@ -7,8 +7,6 @@ pub mod config;
 pub mod ops;
 pub mod peers;
 pub mod store;
-#[cfg(feature = "testing")]
-pub mod testing;
 pub mod value;
 
 use std::future::Future;

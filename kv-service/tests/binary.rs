@@ -7,15 +7,16 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::process::{BIN, Running, call, ready};
-use nats_rpc::testing::{NatsServer, free_port};
+use common::process::{BIN, Running, ready};
 use serde_json::{Value, json};
+use test_support::call;
+use test_support::{NatsServer, free_port};
 
 /// NATS refusing at start: retried with backoff (each failure logged) for
 /// `NATS_CONNECT_TIMEOUT_SECS`, then exit 1 naming the URL; the database is not created.
 #[test]
 fn unreachable_nats_is_retried_then_fails_naming_the_url() {
-    let url = format!("nats://127.0.0.1:{}", free_port().unwrap());
+    let url = format!("nats://127.0.0.1:{}", free_port());
     let started = Instant::now();
     let mut service = Running::start_in(
         &url,
@@ -60,7 +61,7 @@ async fn nats_starting_after_the_service_is_waited_for() {
 /// SIGTERM while NATS is still being retried at start: a clean stop, exit 0, saying so.
 #[test]
 fn sigterm_while_waiting_for_nats_stops_cleanly() {
-    let url = format!("nats://127.0.0.1:{}", free_port().unwrap());
+    let url = format!("nats://127.0.0.1:{}", free_port());
     let mut service = Running::start(&url);
     assert!(
         service.wait_for_log("retrying", Duration::from_secs(5)),
@@ -132,7 +133,7 @@ async fn serve_takes_its_options_and_says_what_stopped_it() {
     let dir = tempfile::tempdir().unwrap();
     let database = format!("sqlite://{}", dir.path().join("kv.db").display());
     let url = nats.url();
-    let mut service = kv_service::testing::Service::spawn(
+    let mut service = test_support::Service::spawn(
         BIN,
         &[
             "serve",
@@ -155,7 +156,7 @@ async fn serve_takes_its_options_and_says_what_stopped_it() {
 
 #[test]
 fn credentials_in_the_url_never_reach_the_log() {
-    let url = format!("nats://alice:s3cr3t-pw@127.0.0.1:{}", free_port().unwrap());
+    let url = format!("nats://alice:s3cr3t-pw@127.0.0.1:{}", free_port());
     // Even at trace level, where async-nats would print the URL with its password.
     let mut service = Running::start_in(
         &url,

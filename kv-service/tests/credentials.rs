@@ -6,9 +6,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::process::{Running, call, ready};
-use nats_rpc::testing::NatsServer;
+use common::process::{Running, ready};
 use serde_json::json;
+use test_support::NatsServer;
+use test_support::call;
 
 /// Starts nats-server with `authorization { … }` and returns it with its config folder.
 fn server_requiring(authorization: &str) -> (NatsServer, tempfile::TempDir) {

@@ -12,9 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::process::{Running, call, ready};
-use nats_rpc::testing::NatsServer;
+use common::process::{Running, ready};
 use serde_json::{Value, json};
+use test_support::NatsServer;
+use test_support::call;
 
 /// A tmpfs of `size` mounted on a fresh folder, unmounted when dropped.
 struct Tmpfs {

@@ -6,9 +6,10 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::process::{Running, call, ready};
-use nats_rpc::testing::NatsServer;
+use common::process::{Running, ready};
 use serde_json::{Value, json};
+use test_support::NatsServer;
+use test_support::call;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_16_writers_loses_no_acknowledged_set() {

@@ -8,9 +8,10 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::process::{Running, call, ready};
-use nats_rpc::testing::NatsServer;
+use common::process::{Running, ready};
 use serde_json::{Value, json};
+use test_support::NatsServer;
+use test_support::call;
 
 /// One sample of the exposition text: name, labels, value.
 #[derive(Debug)]

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use common::process::{Running, ready};
 use common::{Backend, Harness, failure, success};
-use nats_rpc::testing::NatsServer;
 use serde_json::{Value, json};
+use test_support::NatsServer;
 
 async fn plugin_harness() -> Harness {
     Harness::start_with(Backend::Sqlite, |config| config.plugin_subjects = true).await
@@ -301,7 +301,7 @@ authorization {
     );
     // The contract's fixed subjects keep working for a client allowed to use them.
     assert_eq!(
-        common::process::call(
+        test_support::call(
             &operator,
             "get",
             json!({"plugin_name": "beta", "key": "token"})

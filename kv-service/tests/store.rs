@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kv_service::store::{Backend, Row, Store, StoreOptions, Value};
-use kv_service::testing::Postgres;
 use serde_json::value::RawValue;
 use sqlx::ConnectOptions;
+use test_support::Postgres;
 
 #[derive(Debug, Clone, Copy)]
 enum Kind {

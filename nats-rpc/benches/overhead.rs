@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use nats_rpc::testing::NatsServer;
-use nats_rpc::testing::load::{Report, Summary, bare_responder, drive, median};
 use nats_rpc::{Service, nats_rpc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use test_support::load::{Report, Summary, bare_responder, drive, median};
+use test_support::{NatsServer, env_or};
 
 #[derive(Deserialize, JsonSchema)]
 struct Request {
@@ -30,13 +30,6 @@ struct Empty {}
 #[nats_rpc(subject = "bench.noop")]
 async fn noop(_state: &(), _request: Request) -> Result<Empty, nats_rpc::Error> {
     Ok(Empty {})
-}
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
 }
 
 fn main() {

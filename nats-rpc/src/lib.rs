@@ -75,8 +75,6 @@ mod schema;
 mod service;
 mod stats;
 pub mod telemetry;
-#[cfg(feature = "testing")]
-pub mod testing;
 mod validate;
 
 pub use client::{CallError, Client, DEFAULT_TIMEOUT};

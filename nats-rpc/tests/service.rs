@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use nats_rpc::testing::NatsServer;
 use nats_rpc::{
     CallError, Client, EndpointSchemas, ErrorCode, Reply, Responder, RpcError, Service,
     ServiceBuilder, Subject, codes, nats_rpc,
@@ -16,6 +15,7 @@ use nats_rpc::{
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use test_support::NatsServer;
 
 #[derive(Default)]
 struct State {

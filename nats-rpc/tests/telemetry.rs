@@ -8,13 +8,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use nats_rpc::testing::NatsServer;
 use nats_rpc::{Client, Service, nats_rpc};
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use test_support::NatsServer;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing_opentelemetry::OpenTelemetrySpanExt;

@@ -11,9 +11,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use kv_service::ServeConfig;
 pub use kv_service::store::Backend;
-use kv_service::testing::Postgres;
-use nats_rpc::testing::NatsServer;
 use serde_json::Value;
+use test_support::NatsServer;
+use test_support::Postgres;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -99,7 +99,7 @@ impl Harness {
 
     /// Waits until the service answers `$SRV.PING.kv-service`.
     pub async fn wait_ready(&self) {
-        nats_rpc::testing::wait_for_service(&self.client, "kv-service").await;
+        test_support::wait_for_service(&self.client, "kv-service").await;
     }
 
     pub fn db_path(&self) -> PathBuf {

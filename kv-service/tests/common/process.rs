@@ -1,12 +1,10 @@
 //! kv-service as a child process, the way operators run it, on a SQLite file in a folder of
-//! its own (`kv_service::testing::Service` does the process handling).
+//! its own (`test_support::Service` does the process handling).
 
 use std::ops::{Deref, DerefMut};
 use std::path::Path;
-use std::time::Duration;
 
-use kv_service::testing::Service;
-use serde_json::Value;
+use test_support::Service;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_kv-service");
 
@@ -59,16 +57,5 @@ pub fn database_url(dir: &Path) -> String {
 }
 
 pub async fn ready(client: &async_nats::Client) {
-    nats_rpc::testing::wait_for_service(client, "kv-service").await;
-}
-
-pub async fn call(client: &async_nats::Client, op: &str, body: Value) -> Value {
-    let reply = tokio::time::timeout(
-        Duration::from_secs(5),
-        client.request(format!("rosey.db.kv.{op}"), body.to_string().into()),
-    )
-    .await
-    .expect("a reply within 5 s")
-    .expect("request");
-    serde_json::from_slice(&reply.payload).unwrap()
+    test_support::wait_for_service(client, "kv-service").await;
 }

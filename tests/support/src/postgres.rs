@@ -1,17 +1,12 @@
-//! Test support (feature `testing`): a private PostgreSQL cluster per test, and kv-service as a
-//! child process. Tests own every server they talk to, so they can stop, kill or freeze it, and
-//! never collide with each other or with a server someone else started.
-//!
-//! A cluster is a copy of one template made by `initdb` once per machine (kept in the system's
-//! temp folder, keyed by the PostgreSQL version), started with `postgres` on a free loopback
-//! port; as root, both run as the `postgres` user through `setpriv`, which execs, so the child's
-//! PID is the postmaster's and killing it kills the server. Dropping a [`Postgres`] stops the
-//! server and deletes its folder.
+//! A private PostgreSQL cluster per test. A cluster is a copy of one template made by `initdb`
+//! once per machine (kept in the system's temp folder, keyed by the PostgreSQL version), started
+//! with `postgres` on a free loopback port; as root, both run as the `postgres` user through
+//! `setpriv`, which execs, so the child's PID is the postmaster's and killing it kills the
+//! server. Dropping a [`Postgres`] stops the server and deletes its folder.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// A PostgreSQL server owned by the test, on its own copy of the template cluster.
@@ -61,7 +56,7 @@ impl Postgres {
         let mut last = String::new();
         // A port found free can be taken before the server binds it; try a few.
         for _ in 0..5 {
-            server.port = free_port();
+            server.port = crate::free_port();
             match server.spawn(Duration::from_secs(60)) {
                 Ok(()) => return server,
                 Err(err) => last = err,
@@ -147,7 +142,7 @@ impl Postgres {
     /// immediate) and waits for it.
     pub fn stop(&mut self, signal: &str) {
         if let Some(mut child) = self.child.take() {
-            send(signal, child.id());
+            crate::signal(signal, child.id());
             let _ = child.wait();
         }
     }
@@ -155,14 +150,14 @@ impl Postgres {
     /// Sends `signal` (e.g. `-STOP`, `-CONT`) to the postmaster and every backend.
     pub fn signal_all(&self, signal: &str) {
         let Some(pid) = self.pid() else { return };
-        send(signal, pid);
+        crate::signal(signal, pid);
         let children = Command::new("pgrep")
             .args(["-P", &pid.to_string()])
             .output()
             .expect("pgrep runs");
         for child in String::from_utf8_lossy(&children.stdout).split_whitespace() {
             if let Ok(child) = child.parse() {
-                send(signal, child);
+                crate::signal(signal, child);
             }
         }
     }
@@ -376,182 +371,4 @@ fn run(command: &mut Command, what: &str) {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-}
-
-fn send(signal: &str, pid: u32) {
-    let _ = Command::new("kill")
-        .args([signal, &pid.to_string()])
-        .status();
-}
-
-/// Waits until exactly `count` kv-service instances answer discovery on `client`'s server
-/// (instances stopped before are gone by then).
-///
-/// # Panics
-/// When they do not within a minute.
-pub async fn wait_for_instances(client: &async_nats::Client, count: usize) {
-    for _ in 0..300 {
-        let found = nats_rpc::discover(client, crate::peers::SERVICE, Duration::from_millis(200))
-            .await
-            .map_or(0, |found| found.len());
-        if found == count {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{count} kv-service instances did not come up");
-}
-
-/// A loopback port nobody listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind(("127.0.0.1", 0))
-        .and_then(|listener| listener.local_addr())
-        .expect("a free loopback port")
-        .port()
-}
-
-/// The kv-service binary as a child process, the way operators run it; its stderr (the log)
-/// is collected as it comes, so a test can read it while the service runs. Killed on drop.
-#[derive(Debug)]
-pub struct Service {
-    pub child: Child,
-    log: Arc<Mutex<String>>,
-    reader: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Service {
-    /// Runs `binary` (`env!("CARGO_BIN_EXE_kv-service")`) with `args` and `env`, logging at
-    /// info unless `env` sets `RUST_LOG`.
-    pub fn spawn(binary: &str, args: &[&str], env: &[(&str, &str)]) -> Service {
-        let mut child = Command::new(binary)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("kv-service runs");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let log = Arc::new(Mutex::new(String::new()));
-        let sink = log.clone();
-        // Drained continuously, so a chatty log never blocks the service on a full pipe.
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let mut log = sink.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        Service {
-            child,
-            log,
-            reader: Some(reader),
-        }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Sends `signal` (`-TERM`, `-INT`, `-STOP`, …).
-    pub fn signal(&self, signal: &str) {
-        send(signal, self.child.id());
-    }
-
-    /// SIGKILL, and wait for the process to be gone.
-    pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// What the service has logged so far.
-    pub fn log(&self) -> String {
-        self.log
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
-    }
-
-    /// Waits up to `limit` (blocking) for `needle` to appear in the log; whether it did.
-    pub fn wait_for_log(&self, needle: &str, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if self.log().contains(needle) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.log().contains(needle)
-    }
-
-    /// Waits (blocking) for the process to exit and returns its status and whole log.
-    ///
-    /// # Panics
-    /// When it is still running after `limit`.
-    pub fn wait(&mut self, limit: Duration) -> (ExitStatus, String) {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                if let Some(reader) = self.reader.take() {
-                    let _ = reader.join();
-                }
-                return (status, self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "kv-service still running after {limit:?}; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGTERM (a profiler wrapping the service then writes its output), SIGKILL if it has not
-    /// exited after `limit`.
-    pub fn terminate(&mut self, limit: Duration) {
-        self.signal("-TERM");
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        self.kill9();
-    }
-
-    /// A line of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`).
-    pub fn status_kib(&self, field: &str) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        status
-            .lines()
-            .find(|line| line.starts_with(field) && line[field.len()..].starts_with(':'))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
-    }
-
-    /// Peak resident memory so far, in KiB.
-    pub fn peak_rss_kib(&self) -> u64 {
-        self.status_kib("VmHWM")
-            .expect("VmHWM in /proc/<pid>/status")
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The environment variable `name` parsed, else `default`: the benches' knobs.
-pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
 }

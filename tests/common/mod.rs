@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use kv_service::testing::Service;
-pub use kv_service::testing::wait_for_instances;
 use serde_json::{Value, json};
+use test_support::Service;
+pub use test_support::wait_for_instances;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_kv-service");
 
@@ -22,8 +22,8 @@ pub fn instance(nats_url: &str, database_url: &str, env: &[(&str, &str)]) -> Ser
 pub async fn serving(
     database_url: &str,
     env: &[(&str, &str)],
-) -> (nats_rpc::testing::NatsServer, Service, async_nats::Client) {
-    let nats = nats_rpc::testing::NatsServer::start();
+) -> (test_support::NatsServer, Service, async_nats::Client) {
+    let nats = test_support::NatsServer::start();
     let service = instance(&nats.url(), database_url, env);
     let kv = client(&nats.url()).await;
     wait_for_instances(&kv, 1).await;
@@ -76,14 +76,6 @@ pub async fn request(
             Outcome::Reply(serde_json::from_slice(&reply.payload).expect("JSON reply"))
         }
     }
-}
-
-/// Like [`request`] with 5 s, expecting a reply.
-pub async fn call(client: &async_nats::Client, op: &str, body: Value) -> Value {
-    request(client, op, body, Duration::from_secs(5))
-        .await
-        .body()
-        .clone()
 }
 
 pub fn ok() -> Value {

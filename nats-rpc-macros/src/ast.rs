@@ -1,77 +1,180 @@
-//! A borrowed model of the handler: the pieces of the `fn` that the expansion needs, extracted
-//! only after every rule in [`crate::valid`] has passed.
+//! The handler as written, read from the `fn` and the attribute without judging it, as
+//! thiserror's `ast` does: every piece that could be read is there, whatever else is wrong.
+//! [`crate::valid`] checks it, [`crate::expand`] renders it once it is valid, and
+//! [`crate::fallback`] renders a stand-in endpoint type from what could be read.
 
-use syn::{Ident, ItemFn, Type, Visibility};
+use syn::{FnArg, GenericArgument, Ident, ItemFn, PathArguments, ReturnType, Type, Visibility};
 
 use crate::args::Args;
-use crate::valid;
 
 /// `async fn <ident>(state: &<state>, request: <request>[, subject: Subject<'_> | context:
-/// Context<'_>]) -> Result<<response>, <error>>`.
+/// Context<'_>]) -> Result<<response>, <error>>`, as far as it is written so.
 pub struct Handler<'a> {
-    pub vis: &'a Visibility,
-    pub ident: &'a Ident,
-    pub subject: String,
-    /// The NATS micro endpoint name: the `name` argument, else the fn's name.
-    pub name: String,
-    pub state: &'a Type,
-    pub request: &'a Type,
-    /// What the fn's third parameter, if any, receives.
-    pub third: Option<valid::Third>,
-    pub response: &'a Type,
-    pub error: &'a Type,
+    pub func: &'a ItemFn,
+    /// The attribute's arguments, when they parsed.
+    pub args: Option<Args>,
+    /// The types of the typed parameters, in order (a `self` receiver is not one).
+    pub params: Vec<&'a Type>,
+    /// `Response` and `Error` of `-> Result<Response, Error>`, when the return type is written
+    /// so.
+    pub result: Option<(&'a Type, &'a Type)>,
+}
+
+/// What a handler's third parameter receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Third {
+    /// `nats_rpc::Subject<'_>`: the subject the request arrived on.
+    Subject,
+    /// `nats_rpc::Context<'_>`: the subject, the headers and the deadline.
+    Context,
 }
 
 impl<'a> Handler<'a> {
-    /// Checks every rule and reports all violations together, each on the offending token:
-    /// the attribute's (`args`, already parsed, possibly with errors) and the fn's alike.
-    pub fn from_fn(func: &'a ItemFn, args: syn::Result<Args>) -> syn::Result<Self> {
-        let sig = &func.sig;
-        let mut errors = None;
-        let mut check = |result: syn::Result<()>| {
-            if let Err(err) = result {
-                valid::fold(&mut errors, err);
-            }
-        };
-        let args = match args {
-            Ok(args) => Some(args),
-            Err(err) => {
-                check(Err(err));
-                None
-            }
-        };
-        check(valid::is_async(sig));
-        check(valid::plain_fn(sig));
-        check(valid::not_generic(sig));
-        if let Some(args) = &args {
-            check(valid::subject(&args.subject));
-            if let Some(name) = &args.name {
-                check(valid::endpoint_name(name));
-            }
+    pub fn from_syn(func: &'a ItemFn, args: Option<Args>) -> Self {
+        let params = func
+            .sig
+            .inputs
+            .iter()
+            .filter_map(|arg| match arg {
+                FnArg::Typed(pat) => Some(&*pat.ty),
+                FnArg::Receiver(_) => None,
+            })
+            .collect();
+        Handler {
+            func,
+            args,
+            params,
+            result: result_types(&func.sig.output),
         }
-        let params = valid::params(sig);
-        let output = valid::output(sig);
-        let (params, output, args) = match (params, output, args) {
-            (Ok(params), Ok(output), Some(args)) if errors.is_none() => (params, output, args),
-            (params, output, _) => {
-                for err in [params.err(), output.err()].into_iter().flatten() {
-                    valid::fold(&mut errors, err);
-                }
-                return Err(errors.expect("at least one rule failed"));
-            }
+    }
+
+    pub fn vis(&self) -> &'a Visibility {
+        &self.func.vis
+    }
+
+    pub fn ident(&self) -> &'a Ident {
+        &self.func.sig.ident
+    }
+
+    /// The state's type: what the first parameter borrows.
+    pub fn state(&self) -> Option<&'a Type> {
+        match self.params.first()? {
+            Type::Reference(reference) => Some(&reference.elem),
+            _ => None,
+        }
+    }
+
+    /// The request's type: the second parameter's.
+    pub fn request(&self) -> Option<&'a Type> {
+        self.params.get(1).copied()
+    }
+
+    /// What the third parameter receives, when there is one of a known kind.
+    pub fn third(&self) -> Option<Third> {
+        self.params.get(2).and_then(|ty| Third::of(ty))
+    }
+
+    /// The `subject` argument's value.
+    pub fn subject(&self) -> Option<String> {
+        self.args.as_ref().map(|args| args.subject.value())
+    }
+
+    /// The NATS micro endpoint name: the `name` argument, else the fn's name.
+    pub fn name(&self) -> String {
+        match self.args.as_ref().and_then(|args| args.name.as_ref()) {
+            Some(name) => name.value(),
+            None => self.ident().to_string(),
+        }
+    }
+}
+
+impl Third {
+    /// `Subject<'_>` or `Context<'_>`, by the last segment of the type's path.
+    pub fn of(ty: &Type) -> Option<Third> {
+        let Type::Path(path) = ty else {
+            return None;
         };
-        Ok(Handler {
-            vis: &func.vis,
-            ident: &sig.ident,
-            subject: args.subject.value(),
-            name: args
-                .name
-                .map_or_else(|| sig.ident.to_string(), |name| name.value()),
-            state: params.state,
-            request: params.request,
-            third: params.third,
-            response: output.0,
-            error: output.1,
-        })
+        let last = &path.path.segments.last()?.ident;
+        if last == "Subject" {
+            Some(Third::Subject)
+        } else if last == "Context" {
+            Some(Third::Context)
+        } else {
+            None
+        }
+    }
+}
+
+/// `(Response, Error)` of `-> Result<Response, Error>`: a path ending in `Result` with exactly
+/// two type arguments.
+fn result_types(output: &ReturnType) -> Option<(&Type, &Type)> {
+    let ReturnType::Type(_, ty) = output else {
+        return None;
+    };
+    let Type::Path(path) = &**ty else {
+        return None;
+    };
+    let last = path.path.segments.last()?;
+    let PathArguments::AngleBracketed(generics) = &last.arguments else {
+        return None;
+    };
+    if last.ident != "Result" || generics.args.len() != 2 {
+        return None;
+    }
+    let mut types = generics.args.iter().map(|arg| match arg {
+        GenericArgument::Type(ty) => Some(ty),
+        _ => None,
+    });
+    Some((types.next()??, types.next()??))
+}
+
+#[cfg(test)]
+mod tests {
+    use quote::ToTokens;
+    use syn::{ItemFn, parse_quote};
+
+    use super::{Handler, Third};
+
+    fn text(ty: Option<&syn::Type>) -> Option<String> {
+        ty.map(|ty| ty.to_token_stream().to_string())
+    }
+
+    #[test]
+    fn reads_a_valid_handler() {
+        let func: ItemFn = parse_quote! {
+            pub async fn set(state: &Db, request: SetRequest, context: nats_rpc::Context<'_>)
+                -> Result<SetReply, KvError> { todo!() }
+        };
+        let handler = Handler::from_syn(&func, None);
+        assert_eq!(text(handler.state()).as_deref(), Some("Db"));
+        assert_eq!(text(handler.request()).as_deref(), Some("SetRequest"));
+        assert_eq!(handler.third(), Some(Third::Context));
+        let (response, error) = handler.result.expect("a Result");
+        assert_eq!(text(Some(response)).as_deref(), Some("SetReply"));
+        assert_eq!(text(Some(error)).as_deref(), Some("KvError"));
+        assert_eq!(handler.name(), "set");
+        assert_eq!(handler.subject(), None);
+    }
+
+    #[test]
+    fn reads_what_it_can_of_a_broken_one() {
+        // Not async, a method, the state by value, a third parameter of no known kind, and a
+        // Result with one type: the pieces that are there are still read.
+        let func: ItemFn = parse_quote! {
+            fn get(&self, state: Db, request: &GetRequest, extra: u8) -> Result<GetReply> {}
+        };
+        let handler = Handler::from_syn(&func, None);
+        assert_eq!(handler.params.len(), 3);
+        assert!(handler.state().is_none());
+        assert_eq!(text(handler.request()).as_deref(), Some("& GetRequest"));
+        assert_eq!(handler.third(), None);
+        assert!(handler.result.is_none());
+
+        let func: ItemFn = parse_quote! { async fn f(s: &S, r: R) -> std::result::Result<A, B> {} };
+        assert!(Handler::from_syn(&func, None).result.is_some());
+        let func: ItemFn = parse_quote! { async fn f(s: &S, r: R) -> Option<A> {} };
+        assert!(Handler::from_syn(&func, None).result.is_none());
+        let func: ItemFn = parse_quote! { async fn f(s: &S, r: R, x: Subject<'_>) {} };
+        assert_eq!(Handler::from_syn(&func, None).third(), Some(Third::Subject));
     }
 }

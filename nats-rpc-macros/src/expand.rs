@@ -4,26 +4,22 @@
 
 use proc_macro2::TokenStream;
 use quote::quote;
-use syn::ItemFn;
 
-use crate::ast::Handler;
-use crate::valid::Third;
+use crate::ast::{Handler, Third};
 
-pub fn render(func: &ItemFn, handler: &Handler<'_>) -> TokenStream {
-    let Handler {
-        vis,
-        ident,
-        subject,
-        name,
-        state,
-        request,
-        third,
-        response,
-        error,
-    } = handler;
+/// Renders a handler [`crate::valid::check`] accepted.
+pub fn render(handler: &Handler<'_>) -> TokenStream {
+    const CHECKED: &str = "checked by valid::check";
+    let func = handler.func;
+    let ident = handler.ident();
+    let subject = handler.subject().expect(CHECKED);
+    let name = handler.name();
+    let state = handler.state().expect(CHECKED);
+    let request = handler.request().expect(CHECKED);
+    let (response, error) = handler.result.expect(CHECKED);
     // The glue's own names are prefixed: a handler may itself be called `state`, `request` or
     // `context`, and a plain parameter of that name would shadow it.
-    let call = match third {
+    let call = match handler.third() {
         Some(Third::Subject) => quote! {
             #ident(__nats_rpc_state, __nats_rpc_request, __nats_rpc_context.subject())
         },
@@ -42,10 +38,10 @@ pub fn render(func: &ItemFn, handler: &Handler<'_>) -> TokenStream {
     );
     let endpoint = endpoint_type(EndpointType {
         doc: Some(&doc),
-        vis,
+        vis: handler.vis(),
         ident,
-        subject,
-        name,
+        subject: &subject,
+        name: &name,
         state: quote!(#state),
         request: quote!(#request),
         response: quote!(#response),

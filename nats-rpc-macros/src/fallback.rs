@@ -6,13 +6,15 @@
 
 use proc_macro2::TokenStream;
 use quote::quote;
-use syn::{FnArg, GenericArgument, ItemFn, PathArguments, ReturnType, Type};
+use syn::Type;
 
-pub fn render(item: TokenStream, func: Option<&ItemFn>, err: syn::Error) -> TokenStream {
+use crate::ast::Handler;
+
+pub fn render(item: TokenStream, handler: Option<&Handler<'_>>, err: syn::Error) -> TokenStream {
     let errors = err.to_compile_error();
     // A method sits in an `impl`, where no type can be declared: nothing to stand in for.
-    let endpoint = func
-        .filter(|func| func.sig.receiver().is_none())
+    let endpoint = handler
+        .filter(|handler| handler.func.sig.receiver().is_none())
         .map(stand_in);
     quote! {
         #item
@@ -21,41 +23,28 @@ pub fn render(item: TokenStream, func: Option<&ItemFn>, err: syn::Error) -> Toke
     }
 }
 
-/// The endpoint type with what could be read of the handler's types (so calls elsewhere still
-/// line up), `()` and `nats_rpc::Error` where nothing usable could; its `call` never runs, as
-/// the build fails on the errors above.
-fn stand_in(func: &ItemFn) -> TokenStream {
-    let vis = &func.vis;
-    let ident = &func.sig.ident;
+/// The endpoint type with what the model could read of the handler's types (so calls elsewhere
+/// still line up), `()` and `nats_rpc::Error` where nothing usable could; its `call` never runs,
+/// as the build fails on the errors above.
+fn stand_in(handler: &Handler<'_>) -> TokenStream {
     let unit: Type = syn::parse_quote!(());
-    if !func.sig.generics.params.is_empty() {
+    let (vis, ident) = (handler.vis(), handler.ident());
+    if !handler.func.sig.generics.params.is_empty() {
         // Its types may name the fn's own generic parameters, unknown out here.
         return stand_in_with(vis, ident, &unit, &unit, &unit, quote!(::nats_rpc::Error));
     }
-    let typed: Vec<&Type> = func
-        .sig
-        .inputs
-        .iter()
-        .filter_map(|arg| match arg {
-            FnArg::Typed(pat) => Some(&*pat.ty),
-            FnArg::Receiver(_) => None,
-        })
-        .collect();
-    let state = typed
-        .first()
-        .and_then(|ty| match ty {
-            Type::Reference(reference) => usable(&reference.elem),
-            _ => None,
-        })
-        .unwrap_or(&unit);
-    let request = typed
-        .get(1)
+    let state = handler.state().and_then(usable).unwrap_or(&unit);
+    let request = handler
+        .request()
         .and_then(|ty| match ty {
             Type::Reference(reference) => usable(&reference.elem),
             other => usable(other),
         })
         .unwrap_or(&unit);
-    let (response, error) = result_types(&func.sig.output);
+    let (response, error) = match handler.result {
+        Some((response, error)) => (usable(response), usable(error)),
+        None => (None, None),
+    };
     let response = response.unwrap_or(&unit);
     let error: TokenStream = match error {
         Some(error) => quote!(#error),
@@ -95,28 +84,4 @@ fn usable(ty: &Type) -> Option<&Type> {
         Type::ImplTrait(_) | Type::Infer(_) | Type::Reference(_) => None,
         other => Some(other),
     }
-}
-
-/// `(Response, Error)` of `-> Result<Response, Error>`, each if usable.
-fn result_types(output: &ReturnType) -> (Option<&Type>, Option<&Type>) {
-    let ReturnType::Type(_, ty) = output else {
-        return (None, None);
-    };
-    let Type::Path(path) = &**ty else {
-        return (None, None);
-    };
-    let Some(last) = path.path.segments.last() else {
-        return (None, None);
-    };
-    let PathArguments::AngleBracketed(generics) = &last.arguments else {
-        return (None, None);
-    };
-    if last.ident != "Result" {
-        return (None, None);
-    }
-    let mut types = generics.args.iter().filter_map(|arg| match arg {
-        GenericArgument::Type(ty) => usable(ty),
-        _ => None,
-    });
-    (types.next(), types.next())
 }

@@ -1,10 +1,10 @@
 //! Implementation detail of `nats-rpc`: the `#[nats_rpc]` attribute. Depend on `nats-rpc`, which
 //! re-exports it and documents it.
 //!
-//! The macro is a pipeline: `args` parses the attribute, `ast` borrows a model of the handler
-//! from the `fn` and checks it against the rules in `valid`, `expand` renders the glue, and
-//! `fallback` renders the fn untouched, the errors and a stand-in endpoint type when anything
-//! was wrong, so a mistake shows up once, on the user's own token, and never as a cascade from
+//! The macro is a pipeline, shaped like thiserror's: `args` parses the attribute, `ast` reads a
+//! model of the handler from the `fn` without judging it, `valid` checks the model against every
+//! rule, `expand` renders the glue for a valid model, and `fallback` renders the fn untouched,
+//! the errors and a stand-in endpoint type built from what the model could read, so a mistake shows up once, on the user's own token, and never as a cascade from
 //! half-generated code or from code that registers the endpoint.
 
 mod args;
@@ -30,11 +30,16 @@ pub fn nats_rpc(attr: TokenStream, item: TokenStream) -> TokenStream {
             return fallback::render(item, None, err).into();
         }
     };
-    let args = syn::parse::Parser::parse(args::Args::parse_terminated, attr);
-    match ast::Handler::from_fn(&func, args) {
-        Ok(handler) => expand::render(&func, &handler).into(),
+    let (args, args_error) = match syn::parse::Parser::parse(args::Args::parse_terminated, attr) {
+        Ok(args) => (Some(args), None),
+        Err(err) => (None, Some(err)),
+    };
+    let handler = ast::Handler::from_syn(&func, args);
+    match valid::check(&handler, args_error) {
+        Ok(()) => expand::render(&handler).into(),
         Err(err) => {
-            fallback::render(quote::ToTokens::into_token_stream(&func), Some(&func), err).into()
+            let item = quote::ToTokens::into_token_stream(&func);
+            fallback::render(item, Some(&handler), err).into()
         }
     }
 }

@@ -1,11 +1,38 @@
-//! The rules a handler must follow, one small fn each. Every error points at the user's own
-//! token and says what to write instead (lowercase, no trailing period, code in backticks).
+//! The rules a handler must follow, checked on the model [`crate::ast`] read, one small fn
+//! each. Every error points at the user's own token and says what to write instead (lowercase,
+//! no trailing period, code in backticks), and [`check`] reports every one in one build.
 
 use syn::spanned::Spanned;
-use syn::{FnArg, GenericArgument, LitStr, PathArguments, ReturnType, Signature, Type};
+use syn::{FnArg, LitStr, ReturnType, Signature, Type};
+
+use crate::ast::{Handler, Third};
 
 const SHAPE: &str = "`async fn name(state: &State, request: Request) -> Result<Response, Error>`";
 const SUBJECT_PARAM: &str = "`subject: nats_rpc::Subject<'_>` or `context: nats_rpc::Context<'_>`";
+
+/// Checks every rule and reports all violations together, each on the offending token: the
+/// attribute's (`args_error`, from parsing it) first, then the fn's.
+pub fn check(handler: &Handler<'_>, args_error: Option<syn::Error>) -> syn::Result<()> {
+    let sig = &handler.func.sig;
+    let mut errors = args_error;
+    let mut check = |result: syn::Result<()>| {
+        if let Err(err) = result {
+            fold(&mut errors, err);
+        }
+    };
+    check(is_async(sig));
+    check(plain_fn(sig));
+    check(not_generic(sig));
+    if let Some(args) = &handler.args {
+        check(subject(&args.subject));
+        if let Some(name) = &args.name {
+            check(endpoint_name(name));
+        }
+    }
+    check(params(sig));
+    check(output(sig, handler.result));
+    errors.map_or(Ok(()), Err)
+}
 
 /// Adds `err` to the errors collected so far, so the user sees every mistake in one build.
 pub fn fold(errors: &mut Option<syn::Error>, err: syn::Error) {
@@ -15,7 +42,7 @@ pub fn fold(errors: &mut Option<syn::Error>, err: syn::Error) {
     }
 }
 
-pub fn is_async(sig: &Signature) -> syn::Result<()> {
+fn is_async(sig: &Signature) -> syn::Result<()> {
     match sig.asyncness {
         Some(_) => Ok(()),
         None => Err(syn::Error::new(
@@ -27,7 +54,7 @@ pub fn is_async(sig: &Signature) -> syn::Result<()> {
 
 /// No `const`, `unsafe`, `extern` or variadics: the runtime calls the handler like any async fn.
 /// Every one present is reported.
-pub fn plain_fn(sig: &Signature) -> syn::Result<()> {
+fn plain_fn(sig: &Signature) -> syn::Result<()> {
     let mut errors = None;
     if let Some(token) = &sig.constness {
         fold(
@@ -66,7 +93,7 @@ pub fn plain_fn(sig: &Signature) -> syn::Result<()> {
     errors.map_or(Ok(()), Err)
 }
 
-pub fn not_generic(sig: &Signature) -> syn::Result<()> {
+fn not_generic(sig: &Signature) -> syn::Result<()> {
     if sig.generics.params.is_empty() && sig.generics.where_clause.is_none() {
         return Ok(());
     }
@@ -79,7 +106,7 @@ pub fn not_generic(sig: &Signature) -> syn::Result<()> {
 
 /// NATS subject syntax: dot-separated non-empty tokens, no whitespace, wildcards only as whole
 /// tokens and `>` only last.
-pub fn subject(lit: &LitStr) -> syn::Result<()> {
+fn subject(lit: &LitStr) -> syn::Result<()> {
     let subject = lit.value();
     let fail = |message: String| Err(syn::Error::new(lit.span(), message));
     if subject.is_empty() {
@@ -114,7 +141,7 @@ pub fn subject(lit: &LitStr) -> syn::Result<()> {
 }
 
 /// NATS micro endpoint names are `[A-Za-z0-9_-]+`.
-pub fn endpoint_name(lit: &LitStr) -> syn::Result<()> {
+fn endpoint_name(lit: &LitStr) -> syn::Result<()> {
     let name = lit.value();
     if !name.is_empty()
         && name
@@ -129,26 +156,9 @@ pub fn endpoint_name(lit: &LitStr) -> syn::Result<()> {
     ))
 }
 
-/// What the handler's parameters name: the state's referent, the request type, and what its
-/// optional third parameter receives.
-pub struct Params<'a> {
-    pub state: &'a Type,
-    pub request: &'a Type,
-    pub third: Option<Third>,
-}
-
-/// What a handler's third parameter receives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Third {
-    /// `nats_rpc::Subject<'_>`: the subject the request arrived on.
-    Subject,
-    /// `nats_rpc::Context<'_>`: the subject, the headers and the deadline.
-    Context,
-}
-
 /// `(state: &State, request: Request)`, optionally followed by `subject: nats_rpc::Subject<'_>`
 /// or `context: nats_rpc::Context<'_>`. Every mistake among the parameters is reported.
-pub fn params(sig: &Signature) -> syn::Result<Params<'_>> {
+fn params(sig: &Signature) -> syn::Result<()> {
     let mut errors = None;
     let mut typed = Vec::with_capacity(3);
     for (index, arg) in sig.inputs.iter().enumerate() {
@@ -177,9 +187,9 @@ pub fn params(sig: &Signature) -> syn::Result<Params<'_>> {
         }
     }
     let (state, request, third) = match typed[..] {
-        [state, request] => (Some(state), Some(request), None),
-        [state, request, third] => (Some(state), Some(request), Some(third)),
-        _ if errors.is_some() => (None, None, None),
+        [state, request] => (state, request, None),
+        [state, request, third] => (state, request, Some(third)),
+        _ if errors.is_some() => return Err(errors.expect("checked")),
         _ => {
             return Err(syn::Error::new(
                 sig.paren_token.span.join(),
@@ -192,7 +202,7 @@ pub fn params(sig: &Signature) -> syn::Result<Params<'_>> {
             fold(&mut errors, err);
         }
     };
-    let state = state.and_then(|state| match state {
+    match state {
         Type::Reference(reference) => {
             if let Some(token) = &reference.mutability {
                 check(Err(syn::Error::new(
@@ -202,56 +212,33 @@ pub fn params(sig: &Signature) -> syn::Result<Params<'_>> {
                 )));
             }
             check(concrete(&reference.elem));
-            Some(&*reference.elem)
         }
-        other => {
-            check(Err(syn::Error::new_spanned(
-                other,
-                "the first parameter is the service state, shared by reference: write \
-                 `state: &State`",
-            )));
-            None
-        }
-    });
-    if let Some(request) = request {
-        if let Type::Reference(reference) = request {
-            check(Err(syn::Error::new(
-                reference.and_token.span,
-                "the request is decoded for each call and owned by the handler: take it by \
-                 value, remove the `&`",
-            )));
-        }
-        check(concrete(request));
+        other => check(Err(syn::Error::new_spanned(
+            other,
+            "the first parameter is the service state, shared by reference: write \
+             `state: &State`",
+        ))),
     }
-    let third = match third.map(third_param).transpose() {
-        Ok(third) => third,
-        Err(err) => {
-            check(Err(err));
-            None
-        }
-    };
-    match (errors, state, request) {
-        (None, Some(state), Some(request)) => Ok(Params {
-            state,
-            request,
-            third,
-        }),
-        (Some(errors), _, _) => Err(errors),
-        (None, _, _) => unreachable!("a missing state or request is reported"),
+    if let Type::Reference(reference) = request {
+        check(Err(syn::Error::new(
+            reference.and_token.span,
+            "the request is decoded for each call and owned by the handler: take it by \
+             value, remove the `&`",
+        )));
     }
+    check(concrete(request));
+    if let Some(third) = third {
+        check(third_param(third));
+    }
+    errors.map_or(Ok(()), Err)
 }
 
 /// The third parameter, when there is one, receives the request's subject or its whole
 /// context, by value.
-fn third_param(ty: &Type) -> syn::Result<Third> {
-    let last = match ty {
-        Type::Path(path) => path.path.segments.last().map(|last| &last.ident),
-        _ => None,
-    };
-    match last {
-        Some(ident) if ident == "Subject" => Ok(Third::Subject),
-        Some(ident) if ident == "Context" => Ok(Third::Context),
-        _ => Err(syn::Error::new_spanned(
+fn third_param(ty: &Type) -> syn::Result<()> {
+    match Third::of(ty) {
+        Some(_) => Ok(()),
+        None => Err(syn::Error::new_spanned(
             ty,
             format!(
                 "the third parameter receives the subject the request arrived on, or its whole \
@@ -261,8 +248,8 @@ fn third_param(ty: &Type) -> syn::Result<Third> {
     }
 }
 
-/// `Result<Response, Error>`: returns both type arguments.
-pub fn output(sig: &Signature) -> syn::Result<(&Type, &Type)> {
+/// `Result<Response, Error>` (read as `result`), both types named.
+fn output(sig: &Signature, result: Option<(&Type, &Type)>) -> syn::Result<()> {
     const MESSAGE: &str = "handler must return `Result<Response, Error>`";
     let ty = match &sig.output {
         ReturnType::Type(_, ty) => &**ty,
@@ -273,36 +260,16 @@ pub fn output(sig: &Signature) -> syn::Result<(&Type, &Type)> {
             ));
         }
     };
-    let wrong = || Err(syn::Error::new_spanned(ty, MESSAGE));
-    let Type::Path(path) = ty else {
-        return wrong();
+    let Some((response, error)) = result else {
+        return Err(syn::Error::new_spanned(ty, MESSAGE));
     };
-    let Some(last) = path.path.segments.last() else {
-        return wrong();
-    };
-    let PathArguments::AngleBracketed(generics) = &last.arguments else {
-        return wrong();
-    };
-    let types: Vec<&Type> = generics
-        .args
-        .iter()
-        .filter_map(|arg| match arg {
-            GenericArgument::Type(ty) => Some(ty),
-            _ => None,
-        })
-        .collect();
-    match (last.ident == "Result", &types[..], generics.args.len()) {
-        (true, &[response, error], 2) => {
-            let mut errors = None;
-            for ty in [response, error] {
-                if let Err(err) = concrete(ty) {
-                    fold(&mut errors, err);
-                }
-            }
-            errors.map_or(Ok((response, error)), Err)
+    let mut errors = None;
+    for ty in [response, error] {
+        if let Err(err) = concrete(ty) {
+            fold(&mut errors, err);
         }
-        _ => wrong(),
     }
+    errors.map_or(Ok(()), Err)
 }
 
 /// Rejects `impl Trait` and `_`: an endpoint's types are named so its schema can be derived.
@@ -371,6 +338,50 @@ mod tests {
                 error.contains("must be non-empty and use only"),
                 "{bad:?}: {error}"
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod check_tests {
+    use syn::{ItemFn, parse_quote};
+
+    use super::check;
+    use crate::ast::Handler;
+
+    fn errors(func: ItemFn) -> Vec<String> {
+        let handler = Handler::from_syn(&func, None);
+        match check(&handler, None) {
+            Ok(()) => Vec::new(),
+            Err(err) => err.into_iter().map(|err| err.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_valid_handler_passes() {
+        let func: ItemFn =
+            parse_quote! { async fn get(s: &S, r: R, c: Context<'_>) -> Result<A, B> {} };
+        assert_eq!(errors(func), Vec::<String>::new());
+    }
+
+    #[test]
+    fn every_mistake_is_reported_in_order() {
+        let func: ItemFn = parse_quote! {
+            const unsafe fn get(state: &mut S, request: &R) -> Result<impl Trait, _> {}
+        };
+        let found = errors(func);
+        let expected = [
+            "must be an `async fn`",
+            "cannot be `const`",
+            "cannot be `unsafe`",
+            "not `&mut State`",
+            "take it by value",
+            "name a concrete type",
+            "name a concrete type",
+        ];
+        assert_eq!(found.len(), expected.len(), "{found:#?}");
+        for (error, says) in found.iter().zip(expected) {
+            assert!(error.contains(says), "{error} (expected: {says})");
         }
     }
 }

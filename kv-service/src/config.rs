@@ -174,7 +174,7 @@ impl NatsCredentials {
     pub async fn apply(
         &self,
         mut options: async_nats::ConnectOptions,
-    ) -> Result<async_nats::ConnectOptions, String> {
+    ) -> Result<async_nats::ConnectOptions, crate::Error> {
         if let (Some(user), Some(password)) = (&self.nats_user, &self.nats_password) {
             options = options.user_and_password(user.clone(), password.expose().to_owned());
         }
@@ -182,14 +182,21 @@ impl NatsCredentials {
             options = options.token(token.expose().to_owned());
         }
         if let Some(path) = &self.nats_nkey_seed_file {
-            let seed = std::fs::read_to_string(path).map_err(|err| {
-                format!("cannot read the NKey seed file {}: {err}", path.display())
-            })?;
+            let seed =
+                std::fs::read_to_string(path).map_err(|source| crate::Error::Credentials {
+                    action: "read the NKey seed file",
+                    path: path.clone(),
+                    source,
+                })?;
             options = options.nkey(seed.trim().to_owned());
         }
         if let Some(path) = &self.nats_creds {
-            options = options.credentials_file(path).await.map_err(|err| {
-                format!("cannot use the credentials file {}: {err}", path.display())
+            options = options.credentials_file(path).await.map_err(|source| {
+                crate::Error::Credentials {
+                    action: "use the credentials file",
+                    path: path.clone(),
+                    source,
+                }
             })?;
         }
         if let Some(ca) = &self.nats_tls_ca {

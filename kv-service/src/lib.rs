@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod config;
+mod error;
 pub mod ops;
 pub mod peers;
 pub mod store;
@@ -18,10 +19,8 @@ use nats_rpc::Service;
 
 pub use config::ServeConfig;
 use config::redact_url;
+pub use error::Error;
 use store::{Store, StoreOptions};
-
-/// Everything that stops the service from starting, with what to check.
-pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
 /// Opens the store, connects to NATS, checks that no instance on another store serves the
 /// same subjects, serves the endpoints until `shutdown` completes, then drains: in-flight
@@ -33,8 +32,10 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()>) -> 
     // and a taken metrics port should fail the start before anything else happens.
     let ops = match config.metrics_addr {
         Some(addr) => {
-            let ops = ops::Ops::new(ops::recorder()?);
-            let server = ops::spawn(addr, ops.clone()).await?;
+            let ops = ops::Ops::new(ops::recorder().map_err(Error::MetricsRecorder)?);
+            let server = ops::spawn(addr, ops.clone())
+                .await
+                .map_err(|source| Error::MetricsAddr { addr, source })?;
             Some((ops, server))
         }
         None => None,
@@ -43,7 +44,7 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()>) -> 
     let options = config.store_options();
     let store = tokio::select! {
         store = Store::open(&options) => {
-            store.map_err(|err| format!("cannot open database `{database}`: {err}"))?
+            store.map_err(|source| Error::Open { database: database.clone(), source })?
         }
         () = &mut shutdown => {
             tracing::info!("stopped before serving");
@@ -75,7 +76,7 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()>) -> 
     };
     if let Err(err) = peers::refuse_conflicts(&nats, &mine).await {
         close_store(store).await;
-        return Err(err.into());
+        return Err(err);
     }
     let mut builder = builder
         .description(DESCRIPTION)
@@ -89,7 +90,7 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()>) -> 
         Ok(service) => service,
         Err(err) => {
             close_store(store).await;
-            return Err(err.into());
+            return Err(Error::Serve(err));
         }
     };
     if let Some((ops, _)) = &ops {
@@ -150,17 +151,15 @@ pub async fn copy(from: &str, to: &str, mut progress: impl FnMut(u64)) -> Result
         Ok(target) => target,
         Err(err) => {
             source.close().await;
-            return Err(err.into());
+            return Err(err);
         }
     };
     let outcome = if source.id() == target.id() {
-        Err(format!(
-            "`{}` and `{}` are one store ({}): nothing to copy",
-            redact_url(from),
-            redact_url(to),
-            source.id()
-        )
-        .into())
+        Err(Error::SameStore {
+            from: redact_url(from),
+            to: redact_url(to),
+            id: source.id().to_string(),
+        })
     } else {
         copy_pages(&source, &target, &mut progress).await
     };
@@ -169,12 +168,16 @@ pub async fn copy(from: &str, to: &str, mut progress: impl FnMut(u64)) -> Result
     outcome
 }
 
-async fn open_to_copy(url: &str, role: &str) -> Result<Store, String> {
+async fn open_to_copy(url: &str, role: &'static str) -> Result<Store, Error> {
     let mut options = StoreOptions::new(url);
     options.mirror_budget_bytes = 0;
     Store::open(&options)
         .await
-        .map_err(|err| format!("cannot open the {role} `{}`: {err}", redact_url(url)))
+        .map_err(|source| Error::OpenToCopy {
+            role,
+            url: redact_url(url),
+            source,
+        })
 }
 
 async fn copy_pages(
@@ -191,16 +194,13 @@ async fn copy_pages(
                 COPY_PAGE,
             )
             .await
-            .map_err(|err| format!("cannot read the source: {err}"))?;
+            .map_err(Error::CopyRead)?;
         let Some(last) = page.last() else {
             return Ok(copied);
         };
         after = Some((last.plugin.clone(), last.key.clone()));
         let full = page.len() == COPY_PAGE as usize;
-        copied += target
-            .import(page)
-            .await
-            .map_err(|err| format!("cannot write the target: {err}"))?;
+        copied += target.import(page).await.map_err(Error::CopyWrite)?;
         progress(copied);
         if !full {
             return Ok(copied);
@@ -234,12 +234,12 @@ async fn connect(config: &ServeConfig) -> Result<async_nats::Client, Error> {
         };
         let remaining = give_up.saturating_duration_since(tokio::time::Instant::now());
         if remaining.is_zero() {
-            return Err(format!(
-                "cannot connect to NATS at {url}: {error} (tried {attempt} times in {:.1} s; \
-                 --nats-connect-timeout)",
-                started.elapsed().as_secs_f64()
-            )
-            .into());
+            return Err(Error::NatsUnreachable {
+                url,
+                last_error: error,
+                attempts: attempt,
+                seconds: started.elapsed().as_secs_f64(),
+            });
         }
         let pause = backoff.min(remaining);
         tracing::warn!(
@@ -268,7 +268,7 @@ async fn connect_once(
         .credentials
         .apply(nats_rpc::connect_options())
         .await
-        .map_err(|err| ConnectFailure::Fatal(err.into()))?;
+        .map_err(ConnectFailure::Fatal)?;
     let options = options
         .name("kv-service")
         .connection_timeout(CONNECT_ATTEMPT_TIMEOUT)
@@ -303,13 +303,10 @@ async fn connect_once(
                 _ => false,
             };
             if permanent {
-                Err(ConnectFailure::Fatal(
-                    format!(
-                        "cannot connect to NATS at {}: {err}",
-                        config::redact_url(&config.nats_url)
-                    )
-                    .into(),
-                ))
+                Err(ConnectFailure::Fatal(Error::Nats {
+                    url: config::redact_url(&config.nats_url),
+                    source: err,
+                }))
             } else {
                 Err(ConnectFailure::Retry(err.to_string()))
             }

@@ -77,11 +77,11 @@ async fn run(cli: Cli) -> ExitCode {
                     println!("{}", path.display());
                 }
             })
-            .map_err(|err| format!("cannot write schemas to {}: {err}", dir.display()).into()),
+            .map_err(|source| kv_service::Error::Write { path: dir, source }),
         Some(Command::Asyncapi { file }) => {
             std::fs::write(&file, kv_service::rendered_asyncapi(&cli.serve.queue_group))
                 .map(|()| println!("{}", file.display()))
-                .map_err(|err| format!("cannot write {}: {err}", file.display()).into())
+                .map_err(|source| kv_service::Error::Write { path: file, source })
         }
         Some(Command::Copy { from, to }) => copy(&from, &to).await,
         Some(Command::Serve) | None => {
@@ -102,19 +102,24 @@ async fn run(cli: Cli) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(err) => {
-            tracing::error!("{}", chain(&*err));
+            tracing::error!("{}", chain(&err));
             ExitCode::FAILURE
         }
     }
 }
 
-/// `error: cause: its cause`: the whole chain of an error, as one line.
+/// `error: cause: its cause`: the whole chain of an error, as one line. A cause whose text the
+/// line already ends with is not repeated: some causes (sqlx's, rusqlite's inside a
+/// `StoreError`) are both shown by their wrapper and returned as its source.
 fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
         source = cause.source();
     }
     text
@@ -161,5 +166,39 @@ impl Signals {
             _ = self.interrupt.recv() => "SIGINT",
             _ = self.terminate.recv() => "SIGTERM",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kv_service::Error;
+    use kv_service::store::StoreError;
+
+    use super::chain;
+
+    #[test]
+    fn chain_names_every_cause_once() {
+        let err = Error::Write {
+            path: "/srv/schemas".into(),
+            source: std::io::Error::other("disk full"),
+        };
+        assert_eq!(chain(&err), "cannot write /srv/schemas: disk full");
+
+        // A StoreError shows its sqlx cause and also returns it from source().
+        let cause = sqlx::Error::PoolTimedOut.to_string();
+        let err = Error::Open {
+            database: "sqlite://kv.db".into(),
+            source: StoreError::Database(sqlx::Error::PoolTimedOut),
+        };
+        assert_eq!(
+            chain(&err),
+            format!("cannot open database `sqlite://kv.db`: database error: {cause}")
+        );
+
+        let err = Error::CopyWrite(StoreError::Closed);
+        assert_eq!(
+            chain(&err),
+            "cannot write the target: the store's writer has stopped"
+        );
     }
 }

@@ -56,7 +56,7 @@ fn install() -> Result<PrometheusHandle, String> {
             builder.set_buckets_for_metric(Matcher::Full(store::BATCH_METRIC.into()), BATCH_BUCKETS)
         })
         .and_then(PrometheusBuilder::install_recorder)
-        .map_err(|err| format!("cannot install the metrics recorder: {err}"))?;
+        .map_err(|err| err.to_string())?;
     describe();
     Ok(handle)
 }
@@ -235,10 +235,8 @@ impl Drop for Server {
 
 /// Binds `addr` now (so a taken port fails the start, before anything else happens) and
 /// serves `/metrics`, `/healthz` and `/livez` until stopped.
-pub async fn spawn(addr: SocketAddr, ops: Arc<Ops>) -> Result<Server, String> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|err| format!("cannot serve metrics on {addr}: {err}"))?;
+pub async fn spawn(addr: SocketAddr, ops: Arc<Ops>) -> std::io::Result<Server> {
+    let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr().map_or(addr, |local| local);
     tracing::info!(addr = %local, "serving /metrics and /healthz");
     let upkeep = ops.metrics.clone();

@@ -96,7 +96,10 @@ impl Mine {
 
 /// Fails, saying why and what to do, when an instance on another store already serves one of
 /// this instance's subjects.
-pub async fn refuse_conflicts(client: &async_nats::Client, mine: &Mine) -> Result<(), String> {
+pub async fn refuse_conflicts(
+    client: &async_nats::Client,
+    mine: &Mine,
+) -> Result<(), crate::Error> {
     let others = match nats_rpc::discover(client, SERVICE, START_WINDOW).await {
         Ok(others) => others,
         Err(err) => {
@@ -107,7 +110,7 @@ pub async fn refuse_conflicts(client: &async_nats::Client, mine: &Mine) -> Resul
     let mut agreeing = 0;
     for other in &others {
         match mine.conflict(other) {
-            Some(reason) => return Err(format!("refusing to start: {reason}")),
+            Some(reason) => return Err(crate::Error::Conflict(reason)),
             None => agreeing += 1,
         }
     }

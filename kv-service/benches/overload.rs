@@ -153,8 +153,18 @@ async fn run() {
             o.latest.as_millis(),
         );
     }
-    println!("targets (with deadlines):");
     let verdict = |met: bool| if met { "met   " } else { "MISSED" };
+    println!("targets:");
+    // Silence is the one wrong answer: shed requests get OVERLOADED, late ones TIMEOUT.
+    for (bound, deadlines, _, outcome) in &results {
+        println!(
+            "  {} in flight {bound}, deadlines {}: every request answered: {} unanswered",
+            verdict(outcome.unanswered == 0),
+            if *deadlines { "on" } else { "off" },
+            outcome.unanswered
+        );
+    }
+    println!("targets (with deadlines):");
     let limit = 2 * CLIENT_TIMEOUT;
     for (bound, _, capacity, with) in results.iter().filter(|result| result.1) {
         let ratio = with.goodput() / capacity;

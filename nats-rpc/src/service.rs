@@ -9,7 +9,7 @@ use std::task::{Context as TaskContext, Waker};
 use std::time::{Duration, Instant};
 
 use async_nats::{Message, Subscriber};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinHandle;
 
@@ -31,10 +31,22 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Subscription buffer (messages) that [`connect_options`] sets, instead of async-nats's 65,536
 /// (which could hold 4 GiB of 64 KB requests). Requests past the in-flight bound are answered
 /// `OVERLOADED` straight from the buffer, so it drains fast; it must still hold the largest burst
-/// clients put in flight at once (a 5,000-request burst overflowed 4,096 under load: async-nats
-/// then drops messages, and their senders time out). Memory for buffered requests is their own
+/// clients put in flight at once (thousands of requests): on overflow async-nats drops
+/// messages, and their senders time out. Memory for buffered requests is their own
 /// size, at most this many of them.
 pub const SUBSCRIPTION_CAPACITY: usize = 16_384;
+/// Requests an endpoint's reader handles in place while messages keep arriving back to back;
+/// past that, each becomes a task for [`BACKLOG_MODE`], so a backlog holds in-flight permits
+/// and is shed `OVERLOADED`. Above the bursts a client's in-flight window makes, far below
+/// [`SUBSCRIPTION_CAPACITY`].
+const INLINE_BACKLOG: usize = 128;
+/// How long an endpoint's reader keeps making every request a task after a backlog, extended
+/// by each further one: a reader that drains a backlog finds the buffer empty for a moment
+/// between the bursts that arrive while its tasks run, which does not mean it has caught up.
+const BACKLOG_MODE: Duration = Duration::from_millis(100);
+/// An endpoint's reader, which reads unconstrained by tokio's budget, yields to the tasks after
+/// this many messages in a row.
+const YIELD_EVERY: usize = 1024;
 
 /// Connect options suited to a service: a bounded subscription buffer and a name. Start from
 /// these and add credentials, then `connect(url)`.
@@ -278,7 +290,12 @@ impl<S: Send + Sync + 'static> ServiceBuilder<S> {
                     permits: context.permits,
                     max_in_flight: context.max_in_flight,
                 });
-                Ok(tokio::spawn(endpoint.read(subscriber, context.shutdown)))
+                // Unconstrained: tokio's cooperative budget would make the reader yield after
+                // 128 messages and wait behind every task it spawned, while the subscription
+                // buffer fills and overflows; it yields on its own every YIELD_EVERY messages.
+                Ok(tokio::spawn(tokio::task::unconstrained(
+                    endpoint.read(subscriber, context.shutdown),
+                )))
             })
         });
         self.endpoints.push(Registration { info, stats, start });
@@ -508,43 +525,70 @@ impl<E: Endpoint> Running<E> {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut draining = false;
+        // Messages taken since the subscription was last found empty.
+        let mut backlog: usize = 0;
+        // Every request a task until then (see BACKLOG_MODE).
+        let mut tasks_until: Option<Instant> = None;
+        // Set by the shutdown signal, or when the service was dropped (the sender is gone).
+        let mut stop = false;
         loop {
-            let message = if draining {
-                subscriber.next().await
-            } else {
-                tokio::select! {
-                    biased;
-                    () = async { let _ = shutdown.wait_for(|stop| *stop).await; } => {
-                        draining = true;
-                        if let Err(err) = subscriber.drain().await {
-                            tracing::warn!(endpoint = E::NAME, %err, "cannot drain subscription");
-                            break;
+            if !draining && (stop || *shutdown.borrow()) {
+                draining = true;
+                if let Err(err) = subscriber.drain().await {
+                    tracing::warn!(endpoint = E::NAME, %err, "cannot drain subscription");
+                    break;
+                }
+            }
+            let message = match subscriber.next().now_or_never() {
+                Some(message) => {
+                    backlog += 1;
+                    message
+                }
+                None if draining => {
+                    backlog = 0;
+                    subscriber.next().await
+                }
+                None => {
+                    backlog = 0;
+                    tokio::select! {
+                        biased;
+                        () = async { let _ = shutdown.wait_for(|stop| *stop).await; } => {
+                            stop = true;
+                            continue;
                         }
-                        continue;
+                        message = subscriber.next() => message,
                     }
-                    message = subscriber.next() => message,
                 }
             };
             let Some(message) = message else { break };
             // The deadline counts from here: the message has just left the subscription.
-            let deadline = Deadline::of_request(
-                Instant::now(),
-                message.headers.as_ref(),
-                self.default_timeout,
-            );
+            let now = Instant::now();
+            let deadline =
+                Deadline::of_request(now, message.headers.as_ref(), self.default_timeout);
+            if backlog >= INLINE_BACKLOG {
+                tasks_until = Some(now + BACKLOG_MODE);
+            }
+            let inline = tasks_until.is_none_or(|until| now >= until);
             match self.permits.clone().try_acquire_owned() {
                 Ok(permit) => {
-                    // Poll once right here: a request that completes without waiting (a
-                    // rejection, a handler answering from memory) is answered without the cost
-                    // of scheduling a task, often on another thread. Only what has to wait
-                    // becomes a task; the task's first poll registers its real waker.
                     let mut request = Box::pin(self.clone().handle(message, deadline, permit));
+                    // Poll once right here while the subscription keeps up: a request that
+                    // completes without waiting (a rejection, a handler answering from memory)
+                    // is answered without the cost of scheduling a task, often on another
+                    // thread. Behind a backlog every request becomes a task, so the backlog
+                    // holds permits and the in-flight bound sheds it: handled here, it would
+                    // sit in the subscription buffer, invisible, until async-nats dropped it
+                    // unanswered.
                     let mut cx = TaskContext::from_waker(Waker::noop());
-                    if request.as_mut().poll(&mut cx).is_pending() {
+                    if !inline || request.as_mut().poll(&mut cx).is_pending() {
                         tokio::spawn(request);
                     }
                 }
                 Err(_) => self.overloaded(message).await,
+            }
+            if backlog % YIELD_EVERY == YIELD_EVERY - 1 {
+                // Read unconstrained (the buffer must keep draining), but let the tasks run.
+                tokio::task::yield_now().await;
             }
         }
     }

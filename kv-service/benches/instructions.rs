@@ -13,9 +13,9 @@
 //!
 //! Run: `cargo bench -p kv-service --bench instructions` (env: `BENCH_INSTR_REQUESTS`, default
 //! 2000; `BENCH_INSTR_OPS`, default `get,set,list,delete`; `BENCH_INSTR_BACKENDS`, default
-//! `sqlite`, or `sqlite,postgres` (a private cluster; PostgreSQL's own work is not counted); `BENCH_INSTR_TOP` lists the 40
-//! costliest functions; `BENCH_INSTR_DIR` keeps the profiles there). Needs valgrind; takes a
-//! few minutes.
+//! `sqlite`, or `sqlite,postgres` (a private cluster; PostgreSQL's own work is not counted);
+//! `BENCH_INSTR_TOP` lists the 40 costliest functions; `BENCH_INSTR_DIR` keeps the profiles
+//! there). Needs valgrind; takes a few minutes.
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -444,7 +444,8 @@ fn print_targets(cases: &[Case], memory: Option<Memory>) {
             let relative = two.ratio / one.ratio;
             lines.push((
                 format!(
-                    "pg2 {op} at 16 in flight >= 0.9x pg1, 0 errors: {relative:.2}x ({:.0}/s vs {:.0}/s)",
+                    "pg2 {op} at 16 in flight >= 0.9x pg1, 0 errors: {relative:.2}x, each against \
+                     its own floor ({:.0}/s vs {:.0}/s)",
                     two.kv.throughput, one.kv.throughput
                 ),
                 relative >= 0.9,

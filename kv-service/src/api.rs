@@ -12,29 +12,30 @@ use serde_json::value::RawValue;
 use crate::store::{self, Store, StoreError};
 
 /// `plugin_name` rule, shared by every request.
-pub const PLUGIN_NAME_PATTERN: &str = "^[a-z0-9_-]{1,100}$";
+const PLUGIN_NAME_PATTERN: &str = "^[a-z0-9_-]{1,100}$";
 /// [`PLUGIN_NAME_PATTERN`] as code, for plugin names that arrive outside a request body (the
 /// per-plugin subjects' token); a unit test holds the two in agreement.
-pub fn is_plugin_name(name: &str) -> bool {
+fn is_plugin_name(name: &str) -> bool {
     (1..=100).contains(&name.len())
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
-pub use crate::value::{MAX_VALUE_BYTES, MAX_VALUE_DEPTH};
+pub use crate::value::MAX_VALUE_BYTES;
+use crate::value::MAX_VALUE_DEPTH;
 /// Longest key, in characters (Unicode scalar values, as JSON Schema's `maxLength` counts).
-pub const MAX_KEY_CHARS: u32 = 255;
+const MAX_KEY_CHARS: u32 = 255;
 /// Longest time to live, in seconds (the largest signed 32-bit integer, as the original
 /// service's).
-pub const MAX_TTL_SECONDS: u32 = 2_147_483_647;
+const MAX_TTL_SECONDS: u32 = 2_147_483_647;
 /// Most keys one `list` returns.
-pub const MAX_LIST_LIMIT: u32 = 10_000;
+const MAX_LIST_LIMIT: u32 = 10_000;
 /// `list` limit when the request gives none.
-pub const DEFAULT_LIMIT: u32 = 1000;
+const DEFAULT_LIMIT: u32 = 1000;
 
 /// `VALUE_TOO_LARGE`: the one domain error code.
-pub const VALUE_TOO_LARGE: ErrorCode = ErrorCode::new(
+const VALUE_TOO_LARGE: ErrorCode = ErrorCode::new(
     "VALUE_TOO_LARGE",
     413,
     "set: the value's compact JSON encoding is over 65536 bytes; the message gives its size",
@@ -542,7 +543,7 @@ pub fn schemas() -> Vec<nats_rpc::EndpointSchemas> {
 /// The one list of kv-service's endpoints: the contract's four, and with `plugin_subjects` the
 /// per-plugin four. Serving, the subjects a peer is compared on, the published schemas and the
 /// AsyncAPI document all read it.
-pub fn endpoints(
+pub(crate) fn endpoints(
     builder: nats_rpc::ServiceBuilder<Store>,
     plugin_subjects: bool,
 ) -> nats_rpc::ServiceBuilder<Store> {

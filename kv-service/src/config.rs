@@ -256,7 +256,7 @@ fn parse_millis_count(text: &str) -> Result<u64, String> {
 }
 
 /// The most requests `--max-in-flight` allows (each holds its request's bytes meanwhile).
-pub const MAX_IN_FLIGHT_LIMIT: usize = 1_000_000;
+const MAX_IN_FLIGHT_LIMIT: usize = 1_000_000;
 
 fn parse_in_flight(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {
@@ -331,7 +331,7 @@ fn redact_userinfo(url: &str) -> String {
 
 impl ServeConfig {
     /// How the store is opened for serving.
-    pub fn store_options(&self) -> crate::store::StoreOptions {
+    pub(crate) fn store_options(&self) -> crate::store::StoreOptions {
         crate::store::StoreOptions {
             url: self.database_url.clone(),
             synchronous_full: self.synchronous_full,

@@ -5,10 +5,10 @@
 pub mod api;
 pub mod config;
 mod error;
-pub mod ops;
+mod ops;
 pub mod peers;
 pub mod store;
-pub mod value;
+mod value;
 
 use std::future::Future;
 use std::path::Path;
@@ -139,7 +139,7 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()>) -> 
 }
 
 /// Keys moved per page by [`copy`].
-pub const COPY_PAGE: u32 = 1000;
+const COPY_PAGE: u32 = 1000;
 
 /// Copies every live key, with its value, expiry and timestamps, from the store at `from` to
 /// the one at `to` (created and migrated if new), a page at a time; `progress` hears the
@@ -369,7 +369,7 @@ pub fn write_schemas(dir: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
 }
 
 /// The service's one-line description (`$SRV.INFO`, the AsyncAPI document).
-pub const DESCRIPTION: &str = "rosey.db.kv: per-plugin key-value store";
+const DESCRIPTION: &str = "rosey.db.kv: per-plugin key-value store";
 /// The file `kv-service asyncapi` writes by default: beside docs/NATS_SUBJECTS.md rather than in
 /// schemas/, so that code generators pointed at schemas/ see JSON Schemas only.
 pub const ASYNCAPI_FILE: &str = "docs/asyncapi.json";

@@ -11,8 +11,8 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 /// jemalloc instead of the system allocator: the request path allocates and frees across threads
-/// (request tasks, the SQLite worker), where glibc malloc spent a fifth of the service's
-/// instructions; see the kv bench in the README.
+/// (request tasks, the SQLite writer), where glibc malloc spends about a fifth of a set's
+/// instructions.
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -21,8 +21,8 @@ fn main() -> ExitCode {
     // async-nats logs message bodies (stored values) at trace and the server URL, credentials
     // included, at debug: whatever RUST_LOG asks for, it gets at most info. nats-rpc's
     // per-request spans are for trace exporters, not the text log: formatting their fields for
-    // every request cost 7% of get throughput (kv bench, 16 in flight: 0.92x vs 0.99x of the
-    // floor), so the log leaves them out, which disables them outright.
+    // every request costs ~7% of get throughput, so the log leaves them out, which disables
+    // them outright.
     let requested = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let secrets_safe = Targets::new()

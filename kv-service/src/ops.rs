@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use crate::store::{self, Store};
 
 /// The longest `/healthz` waits for the database to commit its probe write.
-pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often histogram samples are folded in between scrapes (keeps memory bounded).
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -43,7 +43,7 @@ const STORE_INFO: &str = "kv_store_info";
 /// The process-wide Prometheus recorder, installed on first use (before the store opens and
 /// the service registers its endpoints, whose metric handles bind to the recorder of that
 /// moment). Several services in one process (tests) share it.
-pub fn recorder() -> Result<PrometheusHandle, String> {
+pub(crate) fn recorder() -> Result<PrometheusHandle, String> {
     static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
     // Installed inside `get_or_init`: concurrent first calls wait for the one install.
     HANDLE.get_or_init(install).clone()
@@ -110,7 +110,7 @@ fn describe() {
 /// Where the service is in its life, as `/healthz` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
-pub enum Phase {
+enum Phase {
     Starting = 0,
     Serving = 1,
     Draining = 2,
@@ -119,14 +119,14 @@ pub enum Phase {
 /// What the HTTP handlers read. The store is held weakly: shutdown must be able to take it
 /// back to close it.
 #[derive(Debug)]
-pub struct Ops {
+pub(crate) struct Ops {
     metrics: PrometheusHandle,
     phase: AtomicU8,
     serving: OnceLock<(async_nats::Client, Weak<Store>)>,
 }
 
 impl Ops {
-    pub fn new(metrics: PrometheusHandle) -> Arc<Ops> {
+    pub(crate) fn new(metrics: PrometheusHandle) -> Arc<Ops> {
         Arc::new(Ops {
             metrics,
             phase: AtomicU8::new(Phase::Starting as u8),
@@ -135,7 +135,7 @@ impl Ops {
     }
 
     /// The service is up: probes check `nats` and `store` from now on.
-    pub fn serving(&self, nats: async_nats::Client, store: &Arc<Store>) {
+    pub(crate) fn serving(&self, nats: async_nats::Client, store: &Arc<Store>) {
         metrics::gauge!(
             STORE_INFO,
             "backend" => store.backend().as_str(),
@@ -147,7 +147,7 @@ impl Ops {
     }
 
     /// Shutdown began: probes answer 503 so the orchestrator stops sending traffic.
-    pub fn draining(&self) {
+    pub(crate) fn draining(&self) {
         self.phase.store(Phase::Draining as u8, Ordering::Release);
     }
 
@@ -161,7 +161,7 @@ impl Ops {
 
     /// `Ok` when NATS is connected and the database commits a write within
     /// [`PROBE_TIMEOUT`]; else why not.
-    pub async fn health(&self) -> Result<(), String> {
+    async fn health(&self) -> Result<(), String> {
         let (nats, store) = match (self.phase(), self.serving.get()) {
             (Phase::Starting, _) | (_, None) => return Err("starting".into()),
             (Phase::Draining, _) => return Err("shutting down".into()),
@@ -185,7 +185,7 @@ impl Ops {
     }
 
     /// The Prometheus text, with the state gauges read now.
-    pub fn render(&self) -> String {
+    fn render(&self) -> String {
         if let Some((nats, store)) = self.serving.get() {
             let connected = nats.connection_state() == async_nats::connection::State::Connected;
             metrics::gauge!(NATS_CONNECTED).set(f64::from(u8::from(connected)));
@@ -206,7 +206,7 @@ impl Ops {
 
 /// The running HTTP server; [`Server::stop`] ends it.
 #[derive(Debug)]
-pub struct Server {
+pub(crate) struct Server {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -214,7 +214,7 @@ pub struct Server {
 impl Server {
     /// Stops accepting, lets requests in progress (a health probe holding the store) finish,
     /// and returns once they have.
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -235,7 +235,7 @@ impl Drop for Server {
 
 /// Binds `addr` now (so a taken port fails the start, before anything else happens) and
 /// serves `/metrics`, `/healthz` and `/livez` until stopped.
-pub async fn spawn(addr: SocketAddr, ops: Arc<Ops>) -> std::io::Result<Server> {
+pub(crate) async fn spawn(addr: SocketAddr, ops: Arc<Ops>) -> std::io::Result<Server> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr().map_or(addr, |local| local);
     tracing::info!(addr = %local, "serving /metrics and /healthz");

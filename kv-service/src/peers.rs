@@ -16,13 +16,13 @@ use nats_rpc::Instance;
 use crate::store::{Backend, Store};
 
 /// The service name every instance registers under.
-pub const SERVICE: &str = "kv-service";
+pub(crate) const SERVICE: &str = "kv-service";
 /// Metadata key: the store's identity, made when its database was created.
-pub const STORE_ID: &str = "store_id";
+const STORE_ID: &str = "store_id";
 /// Metadata key: `sqlite` or `postgres`.
-pub const STORE_BACKEND: &str = "store_backend";
+const STORE_BACKEND: &str = "store_backend";
 /// How long to listen for other instances before serving.
-pub const START_WINDOW: Duration = Duration::from_millis(300);
+const START_WINDOW: Duration = Duration::from_millis(300);
 /// How often a serving instance looks again (a conflict is logged within this plus
 /// `WATCH_WINDOW` (1 s), under 10 s).
 pub const WATCH_EVERY: Duration = Duration::from_secs(5);
@@ -30,14 +30,14 @@ const WATCH_WINDOW: Duration = Duration::from_secs(1);
 
 /// What this instance serves, and from which store.
 #[derive(Debug, Clone)]
-pub struct Mine {
-    pub store_id: String,
-    pub backend: Backend,
-    pub subjects: Vec<String>,
+pub(crate) struct Mine {
+    store_id: String,
+    backend: Backend,
+    subjects: Vec<String>,
 }
 
 impl Mine {
-    pub fn new(store: &Store, subjects: Vec<String>) -> Mine {
+    pub(crate) fn new(store: &Store, subjects: Vec<String>) -> Mine {
         Mine {
             store_id: store.id().to_owned(),
             backend: store.backend(),
@@ -46,7 +46,7 @@ impl Mine {
     }
 
     /// The `$SRV.INFO` metadata that tells other instances which store this one serves.
-    pub fn metadata(&self) -> [(&'static str, String); 2] {
+    pub(crate) fn metadata(&self) -> [(&'static str, String); 2] {
         [
             (STORE_ID, self.store_id.clone()),
             (STORE_BACKEND, self.backend.as_str().to_owned()),
@@ -54,7 +54,7 @@ impl Mine {
     }
 
     /// Why `other` must not serve beside this instance, or `None` if it may.
-    pub fn conflict(&self, other: &Instance) -> Option<String> {
+    fn conflict(&self, other: &Instance) -> Option<String> {
         let shared = other
             .endpoints
             .iter()
@@ -96,7 +96,7 @@ impl Mine {
 
 /// Fails, saying why and what to do, when an instance on another store already serves one of
 /// this instance's subjects.
-pub async fn refuse_conflicts(
+pub(crate) async fn refuse_conflicts(
     client: &async_nats::Client,
     mine: &Mine,
 ) -> Result<(), crate::Error> {
@@ -125,7 +125,7 @@ pub async fn refuse_conflicts(
 
 /// Looks for conflicting instances every [`WATCH_EVERY`] for as long as it runs, and logs an
 /// error, once per instance, for each one found (`own_id`, this instance, is skipped).
-pub async fn watch(client: async_nats::Client, mine: Mine, own_id: String) {
+pub(crate) async fn watch(client: async_nats::Client, mine: Mine, own_id: String) {
     let mut reported: HashSet<String> = HashSet::new();
     let mut ticker = tokio::time::interval(WATCH_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -14,11 +14,11 @@ pub const MAX_VALUE_BYTES: usize = 65_536;
 /// Deepest nesting of arrays and objects a stored value may have. A get reply wraps the value in
 /// two more levels (`{"data":{"value":…}}`), and common JSON parsers (serde_json among them)
 /// refuse documents nested past 127: deeper values could be stored but not read back.
-pub const MAX_VALUE_DEPTH: usize = 125;
+pub(crate) const MAX_VALUE_DEPTH: usize = 125;
 
 /// Why a value is not stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
+pub(crate) enum Refused {
     /// Nested deeper than [`MAX_VALUE_DEPTH`].
     TooDeep { depth: usize },
     /// Its compact encoding is longer than [`MAX_VALUE_BYTES`].
@@ -26,7 +26,7 @@ pub enum Refused {
 }
 
 /// The value as it is stored: compacted, within its limits.
-pub fn admit(value: Box<RawValue>) -> Result<store::Value, Refused> {
+pub(crate) fn admit(value: Box<RawValue>) -> Result<store::Value, Refused> {
     let json = value.get();
     let scan = Scan::of(json.as_bytes());
     // Fewer brackets than the limit cannot nest past it: most values skip the walk.
@@ -48,8 +48,8 @@ pub fn admit(value: Box<RawValue>) -> Result<store::Value, Refused> {
     }
 }
 
-/// What one pass over a value's bytes tells, written so the compiler vectorizes it (a set's
-/// value was scanned twice, a byte at a time: ~10 instructions per byte of value).
+/// What one pass over a value's bytes tells, written so the compiler vectorizes it: every set
+/// scans its whole value, and a byte-at-a-time scan costs ~10 instructions per byte.
 struct Scan {
     /// `[` and `{` bytes, strings included: a bound on the depth.
     brackets: usize,
@@ -129,7 +129,7 @@ impl Strings {
 /// `json` without insignificant whitespace; borrowed when it has none. The input is valid JSON
 /// (a `RawValue`), so outside strings every byte is structural, a literal or whitespace, and
 /// dropping the whitespace keeps numbers and strings exactly as sent.
-pub fn compact(json: &str) -> Cow<'_, str> {
+fn compact(json: &str) -> Cow<'_, str> {
     let is_space = |byte: &u8| matches!(byte, b' ' | b'\n' | b'\r' | b'\t');
     let bytes = json.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());

@@ -3,9 +3,8 @@
 //!
 //! Why not `Value`: with schemars' `preserve_order` (on, so published schemas keep declaration
 //! order) every `Value` object is an `IndexMap` that hashes each member name with SipHash, and
-//! every string is copied out of the payload. For a request of a few members that was most of
-//! the cost of validating it (callgrind: parsing a `set` body to a `Value` cost twice what the
-//! typed parse did). jsonschema validates any representation implementing its `json` traits, so
+//! every string is copied out of the payload. For a request of a few members that is most of
+//! the cost of validating it (about twice the typed parse). jsonschema validates any representation implementing its `json` traits, so
 //! the validator reads this one instead, with the same compiled schema.
 //!
 //! A `Value` object keeps one member per name (the last one given); a member list keeps them

@@ -101,7 +101,7 @@ impl Deadline {
     /// The deadline a request asks for in `headers` ([`TIMEOUT_HEADER`], capped at
     /// [`MAX_TIMEOUT`]), else `default`; `None` without either. A header that is not a whole
     /// number of milliseconds >= 1 is ignored.
-    pub fn of_request(
+    pub(crate) fn of_request(
         arrived: Instant,
         headers: Option<&HeaderMap>,
         default: Option<Duration>,

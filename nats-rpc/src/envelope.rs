@@ -11,10 +11,10 @@ use serde_json::value::RawValue;
 
 /// Renders a success envelope around `data`.
 ///
-/// Into a buffer kept per thread, copied out once at its final size: a fresh `Vec` grew by
-/// doubling (a 1.3 KB list reply was copied four times on the way) and, handed to `Bytes` with
-/// capacity to spare, cost a second allocation.
-pub fn success<T: Serialize + ?Sized>(data: &T) -> Result<Bytes, serde_json::Error> {
+/// Into a buffer kept per thread, copied out once at its final size: a fresh `Vec` per reply
+/// would re-copy it at each doubling and, handed to `Bytes` with capacity to spare, cost a
+/// second allocation.
+pub(crate) fn success<T: Serialize + ?Sized>(data: &T) -> Result<Bytes, serde_json::Error> {
     const HEAD: &[u8] = br#"{"success":true,"data":"#;
     /// Past this the buffer is not kept (one huge reply should not pin its size).
     const KEPT: usize = 64 * 1024;
@@ -42,7 +42,7 @@ pub fn success<T: Serialize + ?Sized>(data: &T) -> Result<Bytes, serde_json::Err
 }
 
 /// Renders an error envelope.
-pub fn failure(code: &str, message: &str) -> Bytes {
+pub(crate) fn failure(code: &str, message: &str) -> Bytes {
     #[derive(Serialize)]
     struct Envelope<'a> {
         success: bool,

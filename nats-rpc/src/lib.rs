@@ -94,7 +94,7 @@ pub use service::{
     SUBSCRIPTION_CAPACITY, ServeError, Service, ServiceBuilder, connect_options,
 };
 pub use stats::{LATENCY_WINDOW, Latency, StatsSnapshot};
-pub use validate::{Rejection, RequestValidator, SchemaError};
+pub use validate::SchemaError;
 
 /// Turns an `async fn` into a NATS endpoint.
 ///

@@ -64,7 +64,7 @@ impl EndpointInfo {
     }
 
     /// Its `$SRV.INFO` metadata: every value a string, as ADR-32 requires.
-    pub fn metadata(&self) -> BTreeMap<&'static str, String> {
+    pub(crate) fn metadata(&self) -> BTreeMap<&'static str, String> {
         let codes: Vec<&str> = self.errors().iter().map(|code| code.code).collect();
         let mut metadata = BTreeMap::from([(ERRORS_KEY, codes.join(","))]);
         for (key, schema) in SCHEMA_KEYS.into_iter().zip([

@@ -20,7 +20,7 @@ const MAX_DETAIL: usize = 200;
 
 /// Why a request was turned away before reaching the handler.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection {
+pub(crate) struct Rejection {
     pub code: ErrorCode,
     pub message: String,
 }
@@ -46,7 +46,7 @@ struct Required {
 
 /// A request schema compiled for validation, plus what the MISSING_FIELD rule needs.
 #[derive(Debug)]
-pub struct RequestValidator {
+pub(crate) struct RequestValidator {
     /// The schema, compiled for `serde_json::Value` instances ([`RequestValidator::check`], and
     /// bodies that name a member twice).
     validator: jsonschema::Validator,
@@ -133,7 +133,7 @@ impl RequestValidator {
     /// `T` is deserialized from. A type the document cannot give (a `Box<RawValue>` field, like
     /// kv-service's `value`, needs its member's original text; enums are left to serde_json)
     /// is read from the text instead, and once one request has shown that, every later one is:
-    /// that second parse costs about a third of the first (callgrind, a `set` body). Any error
+    /// that second parse costs about a third of the first. Any error
     /// is the text's, so messages never depend on the path.
     pub fn decode<T: DeserializeOwned>(&self, payload: &[u8]) -> Result<T, Rejection> {
         let text = std::str::from_utf8(payload).map_err(|err| {

@@ -38,7 +38,7 @@ pub enum Backend {
 }
 
 impl Backend {
-    pub fn of(url: &str) -> Backend {
+    pub(crate) fn of(url: &str) -> Backend {
         let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
         if scheme.eq_ignore_ascii_case("postgres") || scheme.eq_ignore_ascii_case("postgresql") {
             Backend::Postgres
@@ -48,7 +48,7 @@ impl Backend {
     }
 
     /// `sqlite` / `postgres`: how instances advertise it.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Backend::Sqlite => "sqlite",
             Backend::Postgres => "postgres",
@@ -189,10 +189,10 @@ pub struct Row {
 }
 
 /// Metric: expired rows deleted by the purge.
-pub const PURGED_METRIC: &str = "kv_store_purged_keys_total";
+pub(crate) const PURGED_METRIC: &str = "kv_store_purged_keys_total";
 /// Metric: purge runs that failed (retried at the next interval).
-pub const PURGE_FAILURES_METRIC: &str = "kv_store_purge_failures_total";
-pub use writer::{BATCH_METRIC, COMMIT_METRIC, EXPIRED_WRITES_METRIC};
+pub(crate) const PURGE_FAILURES_METRIC: &str = "kv_store_purge_failures_total";
+pub(crate) use writer::{BATCH_METRIC, COMMIT_METRIC, EXPIRED_WRITES_METRIC};
 
 /// The store: one backend behind the operations.
 #[derive(Debug)]
@@ -254,7 +254,7 @@ impl Store {
 
     /// `(rows, bytes)` in the read mirror; `None` without one (PostgreSQL, or a SQLite store
     /// past its mirror budget).
-    pub fn mirror_usage(&self) -> Option<(usize, usize)> {
+    pub(crate) fn mirror_usage(&self) -> Option<(usize, usize)> {
         match &self.backend {
             Backends::Sqlite(store) => store.mirror_usage(),
             Backends::Postgres(_) => None,
@@ -265,7 +265,7 @@ impl Store {
     /// write: `Ok` proves the store takes writes now (`/healthz`).
     /// Given up unapplied if its commit has not started within `limit`, so probes never pile
     /// up behind a stuck database.
-    pub async fn probe(&self, limit: std::time::Duration) -> Result<(), StoreError> {
+    pub(crate) async fn probe(&self, limit: std::time::Duration) -> Result<(), StoreError> {
         let deadline = nats_rpc::Deadline::after(limit);
         self.writer()
             .write_within(writer::Write::Probe, Some(deadline))
@@ -287,7 +287,7 @@ impl Store {
     /// [`Store::set`], given up (`DeadlinePassed`, nothing written) if its commit has not
     /// started by `deadline`; a commit that started is reported, however late. The write is
     /// queued when this is called (see `Writer::write_within`).
-    pub fn set_within(
+    pub(crate) fn set_within(
         &self,
         plugin: impl Into<String>,
         key: impl Into<String>,
@@ -311,7 +311,7 @@ impl Store {
     }
 
     /// [`Store::delete`], given up as [`Store::set_within`] is.
-    pub fn delete_within(
+    pub(crate) fn delete_within(
         &self,
         plugin: &str,
         key: &str,
@@ -331,7 +331,7 @@ impl Store {
     }
 
     /// [`Store::get`], abandoned (`DeadlinePassed`) at `deadline`.
-    pub async fn get_within(
+    pub(crate) async fn get_within(
         &self,
         plugin: &str,
         key: &str,
@@ -363,7 +363,7 @@ impl Store {
     }
 
     /// [`Store::list`], abandoned (`DeadlinePassed`) at `deadline`.
-    pub async fn list_within(
+    pub(crate) async fn list_within(
         &self,
         plugin: &str,
         prefix: &str,
@@ -492,7 +492,7 @@ async fn within<T>(
 /// bumped to the next scalar value (dropping trailing `char::MAX`). UTF-8 byte order is code
 /// point order, so `[prefix, end)` is exactly the keys with that byte prefix; `%` and `_` are
 /// ordinary characters here, unlike in `LIKE`.
-pub fn prefix_end(prefix: &str) -> Option<String> {
+fn prefix_end(prefix: &str) -> Option<String> {
     let mut chars: Vec<char> = prefix.chars().collect();
     while let Some(last) = chars.pop() {
         let next = (u32::from(last) + 1..=u32::from(char::MAX)).find_map(char::from_u32);
@@ -505,7 +505,7 @@ pub fn prefix_end(prefix: &str) -> Option<String> {
 }
 
 /// Milliseconds since the Unix epoch: the unit of `expires_at`, `created_at`, `updated_at`.
-pub fn now_ms() -> i64 {
+fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_millis() as i64)

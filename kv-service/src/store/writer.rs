@@ -13,11 +13,11 @@ use nats_rpc::Deadline;
 use super::{Row, StoreError, Value};
 
 /// Metric: writes per committed batch (group commit at work: under load, many).
-pub const BATCH_METRIC: &str = "kv_store_batch_writes";
+pub(crate) const BATCH_METRIC: &str = "kv_store_batch_writes";
 /// Metric: seconds one batch takes to commit.
-pub const COMMIT_METRIC: &str = "kv_store_commit_seconds";
+pub(crate) const COMMIT_METRIC: &str = "kv_store_commit_seconds";
 /// Metric: writes dropped unapplied because their deadline passed while they were queued.
-pub const EXPIRED_WRITES_METRIC: &str = "kv_store_writes_expired_total";
+pub(crate) const EXPIRED_WRITES_METRIC: &str = "kv_store_writes_expired_total";
 
 /// Most writes handed to a backend at once.
 pub(crate) const MAX_BATCH: usize = 256;

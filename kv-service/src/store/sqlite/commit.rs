@@ -2,9 +2,9 @@
 //!
 //! sqlx opens the connection (options, pragmas, migrations, the writability probe) and owns it
 //! throughout; a thread of ours holds sqlx's handle lock for as long as the store is open, and
-//! the connection is used through rusqlite while it is held. Through sqlx, every batch was a
-//! script built as text, its arguments copied into sqlx's own values, handed to sqlx's worker
-//! thread and its rows handed back.
+//! the connection is used through rusqlite while it is held. Through sqlx, every batch would be
+//! a script built as text, its arguments copied into sqlx's own values, handed to sqlx's
+//! worker thread and its rows handed back.
 //!
 //! Where a batch is committed: a small one (sets, deletes and probes, up to [`INLINE_BYTES`] of
 //! values; a few tens of microseconds) right where the writer task runs, without waiting for

@@ -58,7 +58,8 @@
 //! headers `Nats-Service-Error` (message) and `Nats-Service-Error-Code` (the code's status, a
 //! number: 400, 413, 500, 503, …, see [`ErrorCode::status`]), and `Rpc-Error-Code` (the code). Requests run
 //! concurrently up to [`ServiceBuilder::max_in_flight`]; past it the reply is `OVERLOADED`
-//! straight away. Every service answers `$SRV.PING|INFO|STATS` (NATS micro, ADR-32) and joins
+//! straight away, also when requests are cheap and the backlog builds up in front of them: a
+//! backlog is shed, not left to overflow the subscription buffer. Every service answers `$SRV.PING|INFO|STATS` (NATS micro, ADR-32) and joins
 //! queue group `q` so instances share the load. [`Service::shutdown`] drains. The schemas a
 //! client needs (request, success reply, error reply) come from [`EndpointSchemas::of`].
 

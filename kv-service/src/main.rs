@@ -108,18 +108,13 @@ async fn run(cli: Cli) -> ExitCode {
     }
 }
 
-/// `error: cause: its cause`: the whole chain of an error, as one line. A cause whose text the
-/// line already ends with is not repeated: some causes (sqlx's, rusqlite's inside a
-/// `StoreError`) are both shown by their wrapper and returned as its source.
+/// `error: cause: its cause`: the whole chain of an error, as one line.
 fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.ends_with(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
         source = cause.source();
     }
     text
@@ -184,7 +179,7 @@ mod tests {
         };
         assert_eq!(chain(&err), "cannot write /srv/schemas: disk full");
 
-        // A StoreError shows its sqlx cause and also returns it from source().
+        // A StoreError shows its sqlx cause in its message, once.
         let cause = sqlx::Error::PoolTimedOut.to_string();
         let err = Error::Open {
             database: "sqlite://kv.db".into(),

@@ -108,18 +108,19 @@ impl StoreOptions {
 }
 
 /// A storage failure. Its text is for the log and for startup errors; clients see a generic
-/// message.
+/// message. A variant shows its cause in its message and does not also return it from
+/// `source()`, so a chain of errors names each cause once.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     /// From SQLite's write connection (`sqlite/commit.rs`).
     #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Sqlite(rusqlite::Error),
     #[error("cannot start the SQLite writer thread: {0}")]
     WriterThread(std::io::Error),
     #[error("database migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(sqlx::migrate::MigrateError),
     #[error("stored value is not valid JSON: {0}")]
     Corrupt(serde_json::Error),
     #[error("stored key is not UTF-8")]
@@ -155,6 +156,24 @@ pub enum StoreError {
     NoSlots(sqlx::Error),
     #[error("the database has no identity row (kv_meta.store_id): was it made by kv-service?")]
     NoIdentity,
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        StoreError::Database(err)
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(err: rusqlite::Error) -> Self {
+        StoreError::Sqlite(err)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(err: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Migrate(err)
+    }
 }
 
 /// A key as the store hands it out: shared with the read mirror, so a listing copies no text.

@@ -529,10 +529,13 @@ impl<E: Endpoint> Running<E> {
         let mut backlog: usize = 0;
         // Every request a task until then (see BACKLOG_MODE).
         let mut tasks_until: Option<Instant> = None;
-        // Set by the shutdown signal, or when the service was dropped (the sender is gone).
+        // Set when the wait below saw the stop (it marks the value seen, so has_changed is
+        // false from then on).
         let mut stop = false;
         loop {
-            if !draining && (stop || *shutdown.borrow()) {
+            // The value changes once, to stop; a dropped service (the sender gone) stops too.
+            // has_changed is an atomic load, where borrow would take the value's lock.
+            if !draining && (stop || shutdown.has_changed().unwrap_or(true)) {
                 draining = true;
                 if let Err(err) = subscriber.drain().await {
                     tracing::warn!(endpoint = E::NAME, %err, "cannot drain subscription");

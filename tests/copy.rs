@@ -46,7 +46,7 @@ async fn sqlite_rows(url: &str) -> Vec<(String, Option<i64>, i64, i64)> {
         .await
         .unwrap();
     sqlx::query_as(
-        "SELECT key, expires_at, created_at, updated_at FROM kv WHERE plugin_name = 'p0' ORDER BY key",
+        "SELECT key, expires_at, created_at, updated_at FROM kv_rows WHERE plugin_name = 'p0' ORDER BY key",
     )
     .fetch_all(&mut conn)
     .await

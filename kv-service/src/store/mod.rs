@@ -123,7 +123,7 @@ pub enum StoreError {
     Migrate(sqlx::migrate::MigrateError),
     #[error("stored value is not valid JSON: {0}")]
     Corrupt(serde_json::Error),
-    #[error("stored key is not UTF-8")]
+    #[error("a stored key is malformed (not UTF-8, or in SQLite without its plugin name)")]
     CorruptKey,
     /// One failure reported to every caller it failed (a batch, a read batch).
     #[error(transparent)]

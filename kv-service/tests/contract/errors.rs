@@ -676,8 +676,8 @@ pub(super) async fn corrupted_stored_value_is_a_generic_internal_error(backend: 
     put(&kv, "p", "fine", json!(1)).await;
     // Write a row the service could never have written: its value is not JSON.
     kv.sql(
-        "INSERT INTO kv (plugin_name, key, value, expires_at, created_at, updated_at) \
-         VALUES ('p', 'corrupt', '{not json: secret detail', NULL, 0, 0)",
+        "INSERT INTO kv (id, value, expires_at, created_at, updated_at) \
+         VALUES (CAST('p' || char(0) || 'corrupt' AS BLOB), '{not json: secret detail', NULL, 0, 0)",
         "INSERT INTO kv (plugin_name, key, value, expires_at, created_at, updated_at) \
          VALUES ('p', convert_to('corrupt', 'UTF8'), '{not json: secret detail', NULL, 0, 0)",
     )

@@ -180,7 +180,7 @@ async fn row_times(kv: &Harness, plugin: &str, key: &str) -> Option<(i64, i64, O
     let rows = kv
         .sql(
             &format!(
-                "SELECT created_at, updated_at, expires_at FROM kv \
+                "SELECT created_at, updated_at, expires_at FROM kv_rows \
                  WHERE plugin_name = '{plugin}' AND key = '{key}'"
             ),
             &format!(

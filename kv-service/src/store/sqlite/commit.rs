@@ -372,6 +372,8 @@ impl Session<'_> {
         let rows = last.len();
         let sql = self.upserts[rows].get_or_insert_with(|| upsert_sql(rows));
         let mut statement = self.db.prepare_cached(sql)?;
+        // SQLite copies each argument as it is bound: one buffer serves every row's id.
+        let mut id = Vec::new();
         let mut parameter = 1;
         for (index, write) in run.iter().enumerate() {
             if let Write::Set {
@@ -382,13 +384,13 @@ impl Session<'_> {
             } = write
                 && last.get(&(plugin.as_str(), key.as_str())) == Some(&index)
             {
-                statement.raw_bind_parameter(parameter, plugin.as_str())?;
-                statement.raw_bind_parameter(parameter + 1, key.as_str())?;
-                statement.raw_bind_parameter(parameter + 2, value.get())?;
-                statement.raw_bind_parameter(parameter + 3, expires_at(now, *ttl_seconds))?;
+                super::write_id(&mut id, plugin, key);
+                statement.raw_bind_parameter(parameter, id.as_slice())?;
+                statement.raw_bind_parameter(parameter + 1, value.get())?;
+                statement.raw_bind_parameter(parameter + 2, expires_at(now, *ttl_seconds))?;
+                statement.raw_bind_parameter(parameter + 3, now)?;
                 statement.raw_bind_parameter(parameter + 4, now)?;
-                statement.raw_bind_parameter(parameter + 5, now)?;
-                parameter += 6;
+                parameter += 5;
             }
         }
         // The cache clears the arguments when the statement goes back to it: a statement of
@@ -404,10 +406,9 @@ impl Session<'_> {
                 self.upsert(std::slice::from_ref(write), now)?;
                 0
             }
-            Write::Delete { plugin, key } => {
-                db.prepare_cached(DELETE_SQL)?
-                    .execute((plugin.as_str(), key.as_str(), now))?
-            }
+            Write::Delete { plugin, key } => db
+                .prepare_cached(DELETE_SQL)?
+                .execute((super::id(plugin, key), now))?,
             Write::Purge => db.prepare_cached(PURGE_SQL)?.execute((now, PURGE_CHUNK))?,
             Write::Probe => {
                 db.prepare_cached(PROBE_SQL)?.execute([])?;
@@ -417,8 +418,7 @@ impl Session<'_> {
                 let mut statement = db.prepare_cached(IMPORT_SQL)?;
                 for row in rows {
                     statement.execute((
-                        row.plugin.as_str(),
-                        row.key.as_str(),
+                        super::id(&row.plugin, &row.key),
                         row.value.get(),
                         row.expires_at,
                         row.created_at,
@@ -518,17 +518,16 @@ fn expires_at(now: i64, ttl_seconds: Option<u32>) -> Option<i64> {
 /// The upsert, for `rows` rows. `created_at` survives an update unless the old row had expired
 /// (then the key is new again).
 fn upsert_sql(rows: usize) -> String {
-    let mut sql = String::from(
-        "INSERT INTO kv (plugin_name, key, value, expires_at, created_at, updated_at) VALUES ",
-    );
+    let mut sql =
+        String::from("INSERT INTO kv (id, value, expires_at, created_at, updated_at) VALUES ");
     for index in 0..rows {
         if index > 0 {
             sql.push(',');
         }
-        sql.push_str("(?,?,?,?,?,?)");
+        sql.push_str("(?,?,?,?,?)");
     }
     sql.push_str(
-        " ON CONFLICT (plugin_name, key) DO UPDATE SET \
+        " ON CONFLICT (id) DO UPDATE SET \
            value = excluded.value, \
            expires_at = excluded.expires_at, \
            updated_at = excluded.updated_at, \
@@ -539,18 +538,17 @@ fn upsert_sql(rows: usize) -> String {
 }
 
 /// Deletes a live key; expired rows are left to the purge.
-const DELETE_SQL: &str = "DELETE FROM kv \
-     WHERE plugin_name = ?1 AND key = ?2 AND (expires_at IS NULL OR expires_at > ?3)";
+const DELETE_SQL: &str = "DELETE FROM kv WHERE id = ?1 AND (expires_at IS NULL OR expires_at > ?2)";
 
 /// One chunk of expired rows.
-const PURGE_SQL: &str = "DELETE FROM kv WHERE (plugin_name, key) IN \
-       (SELECT plugin_name, key FROM kv \
+const PURGE_SQL: &str = "DELETE FROM kv WHERE id IN \
+       (SELECT id FROM kv \
         WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)";
 
 /// One copied row, exactly as it was.
-const IMPORT_SQL: &str = "INSERT INTO kv (plugin_name, key, value, expires_at, created_at, updated_at) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-     ON CONFLICT (plugin_name, key) DO UPDATE SET value = excluded.value, \
+const IMPORT_SQL: &str = "INSERT INTO kv (id, value, expires_at, created_at, updated_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5) \
+     ON CONFLICT (id) DO UPDATE SET value = excluded.value, \
        expires_at = excluded.expires_at, created_at = excluded.created_at, \
        updated_at = excluded.updated_at";
 
@@ -560,15 +558,25 @@ mod tests {
 
     use super::*;
 
-    /// The store's table, with one value it refuses (a row-level error, as a value over
+    /// The store's schema, made by its migrations in order.
+    fn migrate(db: &Connection) {
+        for sql in [
+            include_str!("../../../migrations/sqlite/20261128000000_create_kv.sql"),
+            include_str!("../../../migrations/sqlite/20261201000000_store_identity.sql"),
+            include_str!("../../../migrations/sqlite/20261206000000_single_column_key.sql"),
+        ] {
+            db.execute_batch(sql).unwrap();
+        }
+    }
+
+    /// The store's schema, with one value it refuses (a row-level error, as a value over
     /// SQLite's length limit would be).
     fn database() -> Connection {
         let db = Connection::open_in_memory().unwrap();
+        migrate(&db);
         db.execute_batch(
-            "CREATE TABLE kv (plugin_name TEXT NOT NULL, key TEXT NOT NULL, \
-               value TEXT NOT NULL CHECK (value <> '\"refused\"'), expires_at INTEGER, \
-               created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, \
-               PRIMARY KEY (plugin_name, key)) WITHOUT ROWID",
+            "CREATE TRIGGER refuse BEFORE INSERT ON kv WHEN NEW.value = '\"refused\"' \
+               BEGIN SELECT RAISE(ABORT, 'refused'); END",
         )
         .unwrap();
         db
@@ -592,7 +600,7 @@ mod tests {
 
     fn rows(db: &Connection) -> Vec<(String, String)> {
         let mut statement = db
-            .prepare("SELECT key, value FROM kv ORDER BY key")
+            .prepare("SELECT key, value FROM kv_rows ORDER BY key")
             .unwrap();
         statement
             .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
@@ -743,12 +751,7 @@ mod tests {
         let mut bench = Bench::new();
         bench.db = Connection::open(&path).unwrap();
         bench.db.execute_batch("PRAGMA journal_mode = WAL").unwrap();
-        bench.db.execute_batch(
-            "CREATE TABLE kv (plugin_name TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, \
-               expires_at INTEGER, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, \
-               PRIMARY KEY (plugin_name, key)) WITHOUT ROWID",
-        )
-        .unwrap();
+        migrate(&bench.db);
         bench.db.busy_timeout(Duration::ZERO).unwrap();
         let other = Connection::open(&path).unwrap();
         other.execute_batch("BEGIN IMMEDIATE").unwrap();

@@ -171,11 +171,9 @@ impl Sqlite {
     /// A read from the file (the mirror, when there is one, is not consulted).
     pub(crate) async fn get(&self, plugin: &str, key: &str) -> Result<Option<Value>, StoreError> {
         let row = sqlx::query(
-            "SELECT value FROM kv \
-             WHERE plugin_name = ?1 AND key = ?2 AND (expires_at IS NULL OR expires_at > ?3)",
+            "SELECT value FROM kv WHERE id = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
         )
-        .bind(plugin)
-        .bind(key)
+        .bind(id(plugin, key))
         .bind(self.clock.now())
         .fetch_optional(&self.reads)
         .await?;
@@ -191,31 +189,23 @@ impl Sqlite {
     ) -> Result<Listing, StoreError> {
         let now = self.clock.now();
         let fetch = i64::from(limit) + 1;
-        let rows = match prefix_end(prefix) {
-            Some(end) => {
-                sqlx::query(LIST_RANGE)
-                    .bind(plugin)
-                    .bind(prefix)
-                    .bind(end)
-                    .bind(now)
-                    .bind(fetch)
-                    .fetch_all(&self.reads)
-                    .await?
-            }
-            None => {
-                sqlx::query(LIST_FROM)
-                    .bind(plugin)
-                    .bind(prefix)
-                    .bind(now)
-                    .bind(fetch)
-                    .fetch_all(&self.reads)
-                    .await?
-            }
+        let start = id(plugin, prefix);
+        let end = match prefix_end(prefix) {
+            Some(end) => id(plugin, &end),
+            // Past every id of the plugin: its name, then the byte after the separator.
+            None => [plugin.as_bytes(), &[SEPARATOR + 1]].concat(),
         };
-        let mut keys: Vec<Key> = rows
-            .into_iter()
-            .map(|row| Key::from(row.get::<String, _>(0)))
-            .collect();
+        let rows = sqlx::query(LIST_RANGE)
+            .bind(start)
+            .bind(end)
+            .bind(now)
+            .bind(fetch)
+            .fetch_all(&self.reads)
+            .await?;
+        let mut keys = rows
+            .iter()
+            .map(|row| Ok(Key::from(split_id(row.get(0))?.1)))
+            .collect::<Result<Vec<Key>, StoreError>>()?;
         let truncated = keys.len() > limit as usize;
         keys.truncate(limit as usize);
         Ok(Listing { keys, truncated })
@@ -240,25 +230,24 @@ impl Sqlite {
         limit: u32,
     ) -> Result<Vec<Row>, StoreError> {
         let rows = sqlx::query(
-            "SELECT plugin_name, key, value, expires_at, created_at, updated_at FROM kv \
-             WHERE (plugin_name, key) > (?1, ?2) AND (expires_at IS NULL OR expires_at > ?3) \
-             ORDER BY plugin_name, key LIMIT ?4",
+            "SELECT id, value, expires_at, created_at, updated_at FROM kv \
+             WHERE id > ?1 AND (expires_at IS NULL OR expires_at > ?2) ORDER BY id LIMIT ?3",
         )
-        .bind(plugin)
-        .bind(key)
+        .bind(id(plugin, key))
         .bind(self.clock.now())
         .bind(i64::from(limit))
         .fetch_all(&self.reads)
         .await?;
         rows.into_iter()
             .map(|row| {
+                let (plugin, key) = split_id(row.get(0))?;
                 Ok(Row {
-                    plugin: row.get(0),
-                    key: row.get(1),
-                    value: parse_value(row.get(2))?,
-                    expires_at: row.get(3),
-                    created_at: row.get(4),
-                    updated_at: row.get(5),
+                    plugin: plugin.to_owned(),
+                    key: key.to_owned(),
+                    value: parse_value(row.get(1))?,
+                    expires_at: row.get(2),
+                    created_at: row.get(3),
+                    updated_at: row.get(4),
                 })
             })
             .collect()
@@ -273,9 +262,8 @@ impl Sqlite {
 
     pub(crate) async fn list_query_plan(&self) -> Result<Vec<String>, StoreError> {
         let rows = sqlx::query(LIST_RANGE_PLAN)
-            .bind("p")
-            .bind("a")
-            .bind("b")
+            .bind(id("p", "a"))
+            .bind(id("p", "b"))
             .bind(0_i64)
             .bind(10_i64)
             .fetch_all(&self.reads)
@@ -311,12 +299,12 @@ async fn load_mirror(reads: &SqlitePool, budget: usize) -> Result<Option<Mirror>
         return Ok(None);
     }
     let mut mirror = Mirror::new(budget);
-    let rows = sqlx::query("SELECT plugin_name, key, value, expires_at FROM kv")
+    let rows = sqlx::query("SELECT id, value, expires_at FROM kv")
         .fetch_all(reads)
         .await?;
     for row in rows {
-        let (plugin, key): (String, String) = (row.get(0), row.get(1));
-        let value = match parse_value(row.get(2)) {
+        let (plugin, key) = split_id(row.get(0))?;
+        let value = match parse_value(row.get(1)) {
             Ok(value) => value,
             Err(err) => {
                 // Serve from SQLite instead, where only this key fails (INTERNAL_ERROR).
@@ -326,9 +314,9 @@ async fn load_mirror(reads: &SqlitePool, budget: usize) -> Result<Option<Mirror>
         };
         let entry = Entry {
             value,
-            expires_at: row.get(3),
+            expires_at: row.get(2),
         };
-        if !mirror.set(&plugin, &key, entry) {
+        if !mirror.set(plugin, key, entry) {
             tracing::warn!(
                 budget,
                 "the data exceeds the mirror budget: reads go to SQLite"
@@ -339,22 +327,46 @@ async fn load_mirror(reads: &SqlitePool, budget: usize) -> Result<Option<Mirror>
     Ok(Some(mirror))
 }
 
-/// Keys in `[prefix, end)`: a range on the primary key (plugin_name, key), never a scan.
+/// Keys with ids in `[start, end)`: a range on the primary key, never a scan.
 macro_rules! list_range {
     () => {
-        "SELECT key FROM kv \
-         WHERE plugin_name = ?1 AND key >= ?2 AND key < ?3 \
-           AND (expires_at IS NULL OR expires_at > ?4) \
-         ORDER BY key LIMIT ?5"
+        "SELECT id FROM kv \
+         WHERE id >= ?1 AND id < ?2 AND (expires_at IS NULL OR expires_at > ?3) \
+         ORDER BY id LIMIT ?4"
     };
 }
 const LIST_RANGE: &str = list_range!();
 const LIST_RANGE_PLAN: &str = concat!("EXPLAIN QUERY PLAN ", list_range!());
-/// Keys `>= prefix` (for an empty prefix, or one with no upper bound).
-const LIST_FROM: &str = "SELECT key FROM kv \
-     WHERE plugin_name = ?1 AND key >= ?2 \
-       AND (expires_at IS NULL OR expires_at > ?3) \
-     ORDER BY key LIMIT ?4";
+
+/// Ends the plugin name in a row's id (see [`id`]); plugin names never hold it.
+const SEPARATOR: u8 = 0;
+
+/// A row's primary key: the plugin name's bytes, [`SEPARATOR`], the key's bytes. The ids of one
+/// plugin are contiguous and ordered as its keys' bytes are (the
+/// `20261206000000_single_column_key` migration says why one column).
+fn id(plugin: &str, key: &str) -> Vec<u8> {
+    let mut id = Vec::with_capacity(plugin.len() + 1 + key.len());
+    write_id(&mut id, plugin, key);
+    id
+}
+
+/// [`id`] into a buffer the caller reuses.
+fn write_id(id: &mut Vec<u8>, plugin: &str, key: &str) {
+    id.clear();
+    id.extend_from_slice(plugin.as_bytes());
+    id.push(SEPARATOR);
+    id.extend_from_slice(key.as_bytes());
+}
+
+/// The plugin name and key an [`id`] was made of.
+fn split_id(id: &[u8]) -> Result<(&str, &str), StoreError> {
+    let at = id
+        .iter()
+        .position(|&byte| byte == SEPARATOR)
+        .ok_or(StoreError::CorruptKey)?;
+    let text = |bytes| std::str::from_utf8(bytes).map_err(|_| StoreError::CorruptKey);
+    Ok((text(&id[..at])?, text(&id[at + 1..])?))
+}
 
 /// How often committed WAL frames are copied into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
@@ -424,6 +436,151 @@ mod tests {
             .expect("page size")
     }
 
+    #[test]
+    fn an_id_splits_back_into_its_plugin_and_key() {
+        for (plugin, key) in [
+            ("p", "k"),
+            ("my-plugin_2", "nul\u{0}in\u{0}key"),
+            ("p", "é 😀"),
+            ("p", ""),
+        ] {
+            assert_eq!(split_id(&id(plugin, key)).unwrap(), (plugin, key));
+        }
+        assert!(matches!(
+            split_id(b"no separator"),
+            Err(StoreError::CorruptKey)
+        ));
+        assert!(matches!(split_id(b"p\0\xff"), Err(StoreError::CorruptKey)));
+        // One plugin's ids sort as its keys' bytes, and apart from every other plugin's, also
+        // one whose name starts with this one's.
+        let mut ids = [
+            id("p-x", "a"),
+            id("p", "b"),
+            id("p", "a\u{0}"),
+            id("p", "a"),
+            id("o", "z"),
+        ];
+        ids.sort();
+        let order: Vec<_> = ids.iter().map(|id| split_id(id).unwrap()).collect();
+        assert_eq!(
+            order,
+            [
+                ("o", "z"),
+                ("p", "a"),
+                ("p", "a\u{0}"),
+                ("p", "b"),
+                ("p-x", "a")
+            ]
+        );
+    }
+
+    /// A file made before the single-column key (migrations 1 and 2 applied, rows keyed by
+    /// `(plugin_name, key)`) opens with every row, timestamp and expiry as it was.
+    #[tokio::test]
+    async fn a_store_made_with_the_two_column_key_is_migrated_with_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let old_migrations = dir.path().join("migrations");
+        std::fs::create_dir(&old_migrations).unwrap();
+        for (name, sql) in [
+            (
+                "20261128000000_create_kv.sql",
+                include_str!("../../../migrations/sqlite/20261128000000_create_kv.sql"),
+            ),
+            (
+                "20261201000000_store_identity.sql",
+                include_str!("../../../migrations/sqlite/20261201000000_store_identity.sql"),
+            ),
+        ] {
+            std::fs::write(old_migrations.join(name), sql).unwrap();
+        }
+        let url = url_in(&dir, "kv.db");
+        let mut old = SqliteConnectOptions::from_str(&url)
+            .unwrap()
+            .create_if_missing(true)
+            .connect()
+            .await
+            .unwrap();
+        sqlx::migrate::Migrator::new(old_migrations.as_path())
+            .await
+            .unwrap()
+            .run(&mut old)
+            .await
+            .unwrap();
+        let far = now_ms() + 3_600_000;
+        for (plugin, key, value, expires_at) in [
+            ("p", "a", "1", None),
+            ("p", "nul\u{0}key", "\"x\"", Some(far)),
+            ("p", "é", "{\"n\":null}", None),
+            ("p-x", "a", "2", None),
+            ("p", "gone", "3", Some(1)),
+        ] {
+            sqlx::query("INSERT INTO kv VALUES (?1, ?2, ?3, ?4, 7, 8)")
+                .bind(plugin)
+                .bind(key)
+                .bind(value)
+                .bind(expires_at)
+                .execute(&mut old)
+                .await
+                .unwrap();
+        }
+        old.close().await.unwrap();
+
+        for mirrored in [false, true] {
+            let mut options = StoreOptions::new(url.clone());
+            if !mirrored {
+                options.mirror_budget_bytes = 0;
+            }
+            let store = Store::open(&options).await.unwrap();
+            assert_eq!(store.mirrored(), mirrored);
+            assert_eq!(text(&store, "p", "a").await.as_deref(), Some("1"));
+            assert_eq!(
+                text(&store, "p", "nul\u{0}key").await.as_deref(),
+                Some("\"x\"")
+            );
+            assert_eq!(
+                text(&store, "p", "é").await.as_deref(),
+                Some("{\"n\":null}")
+            );
+            assert_eq!(text(&store, "p-x", "a").await.as_deref(), Some("2"));
+            assert_eq!(
+                text(&store, "p", "gone").await,
+                None,
+                "expired stays expired"
+            );
+            assert_eq!(
+                store.list("p", "", 10).await.unwrap().key_strs(),
+                ["a", "nul\u{0}key", "é"]
+            );
+            assert_eq!(
+                store.list("p", "nul", 10).await.unwrap().key_strs(),
+                ["nul\u{0}key"]
+            );
+            let rows = store.export(None, 10).await.unwrap();
+            let rows: Vec<_> = rows
+                .iter()
+                .map(|row| {
+                    let times = (row.expires_at, row.created_at, row.updated_at);
+                    (
+                        row.plugin.as_str(),
+                        row.key.as_str(),
+                        row.value.get(),
+                        times,
+                    )
+                })
+                .collect();
+            assert_eq!(
+                rows,
+                [
+                    ("p", "a", "1", (None, 7, 8)),
+                    ("p", "nul\u{0}key", "\"x\"", (Some(far), 7, 8)),
+                    ("p", "é", "{\"n\":null}", (None, 7, 8)),
+                    ("p-x", "a", "2", (None, 7, 8)),
+                ]
+            );
+            store.close().await;
+        }
+    }
+
     /// New files get the small page; a file made with SQLite's default 4096 keeps it (WAL cannot
     /// change it) and serves as before.
     #[tokio::test]
@@ -490,7 +647,7 @@ mod tests {
         let plan = store.list_query_plan().await.unwrap();
         assert_eq!(
             plan,
-            ["SEARCH kv USING PRIMARY KEY (plugin_name=? AND key>? AND key<?)"],
+            ["SEARCH kv USING PRIMARY KEY (id>? AND id<?)"],
             "the prefix listing must seek on the primary key"
         );
         assert!(
@@ -509,10 +666,11 @@ mod tests {
             .connect()
             .await
             .unwrap();
-        let value: String = sqlx::query_scalar("SELECT value FROM kv WHERE key = 'k'")
-            .fetch_one(&mut other)
-            .await
-            .unwrap();
+        let value: String =
+            sqlx::query_scalar("SELECT value FROM kv_rows WHERE plugin_name = 'p' AND key = 'k'")
+                .fetch_one(&mut other)
+                .await
+                .unwrap();
         assert_eq!(value, "\"v\"");
         store.close().await;
     }

@@ -177,7 +177,8 @@ pub struct DeleteReply {
 #[serde(deny_unknown_fields)]
 pub struct ListReply {
     /// Live matching keys in ascending UTF-8 byte order.
-    pub keys: Vec<store::Key>,
+    #[schemars(with = "Vec<String>")]
+    pub keys: Vec<store::ListedKey>,
     /// The length of `keys`.
     pub count: usize,
     /// More live keys match beyond `limit`.
@@ -580,7 +581,7 @@ mod tests {
         let reply = super::ListReply {
             keys: keys
                 .iter()
-                .map(|key| crate::store::Key::from(*key))
+                .map(|key| crate::store::ListedKey::new(key))
                 .collect(),
             count: keys.len(),
             truncated: true,

@@ -3,21 +3,23 @@
 //! the process holds locked): the mirror never sees changes made behind its back. Its writer
 //! applies each commit before anyone is told of it, so a read sees exactly the committed state.
 
+use std::borrow::Borrow;
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use super::{Key, Listing, Value, prefix_end};
+use super::{ListedKey, Listing, Value, prefix_end};
 
-/// Bookkeeping bytes counted per mirrored row on top of its key and value.
+/// Bookkeeping bytes counted per mirrored row on top of its key, the key's rendering and its value.
 pub(crate) const ROW_OVERHEAD: usize = 96;
 
 /// Every committed row, by plugin then key (`str` orders bytewise, as SQLite's BINARY does).
-/// Expired rows may linger until the next purge; readers skip them. Keys are shared, so a
-/// listing hands them out without copying them.
+/// Expired rows may linger until the next purge; readers skip them. Each key is kept with its
+/// rendering for listings, made once when the key first arrives.
 #[derive(Debug, Default)]
 pub(crate) struct Mirror {
-    plugins: BTreeMap<String, BTreeMap<Key, Entry>>,
+    plugins: BTreeMap<String, BTreeMap<Slot, Entry>>,
     bytes: usize,
     pub(crate) budget: usize,
 }
@@ -26,6 +28,46 @@ pub(crate) struct Mirror {
 pub(crate) struct Entry {
     pub(crate) value: Value,
     pub(crate) expires_at: Option<i64>,
+}
+
+/// A key of the mirror, ordered and looked up as its text.
+#[derive(Debug)]
+struct Slot {
+    key: Box<str>,
+    listed: ListedKey,
+}
+
+impl Slot {
+    /// Bytes held, as the budget counts them.
+    fn len(&self) -> usize {
+        self.key.len() + self.listed.len()
+    }
+}
+
+impl Borrow<str> for Slot {
+    fn borrow(&self) -> &str {
+        &self.key
+    }
+}
+
+impl PartialEq for Slot {
+    fn eq(&self, other: &Slot) -> bool {
+        self.key == other.key
+    }
+}
+
+impl Eq for Slot {}
+
+impl PartialOrd for Slot {
+    fn partial_cmp(&self, other: &Slot) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Slot {
+    fn cmp(&self, other: &Slot) -> Ordering {
+        self.key.cmp(&other.key)
+    }
 }
 
 impl Entry {
@@ -66,8 +108,10 @@ impl Mirror {
         let mut live = keys
             .range::<str, _>((Bound::Included(prefix), upper))
             .filter(|(_, entry)| entry.live(now))
-            .map(|(key, _)| key);
-        let found: Vec<Key> = live.by_ref().take(limit).cloned().collect();
+            .map(|(slot, _)| &slot.listed);
+        // Sized up front: collected from a filter, the vector would grow by doubling.
+        let mut found = Vec::with_capacity(limit.min(keys.len()));
+        found.extend(live.by_ref().take(limit).cloned());
         Listing {
             truncated: live.next().is_some(),
             keys: found,
@@ -76,7 +120,6 @@ impl Mirror {
 
     /// Returns false once over budget: the caller then drops the mirror.
     pub(crate) fn set(&mut self, plugin: &str, key: &str, entry: Entry) -> bool {
-        let size = key.len() + entry.value.get().len() + ROW_OVERHEAD;
         let keys = match self.plugins.get_mut(plugin) {
             Some(keys) => keys,
             None => self.plugins.entry(plugin.to_owned()).or_default(),
@@ -88,8 +131,12 @@ impl Mirror {
                 *old = entry;
             }
             None => {
-                keys.insert(Key::from(key), entry);
-                self.bytes += size;
+                let slot = Slot {
+                    key: key.into(),
+                    listed: ListedKey::new(key),
+                };
+                self.bytes += slot.len() + entry.value.get().len() + ROW_OVERHEAD;
+                keys.insert(slot, entry);
             }
         }
         self.bytes <= self.budget
@@ -97,9 +144,9 @@ impl Mirror {
 
     pub(crate) fn remove(&mut self, plugin: &str, key: &str) {
         if let Some(keys) = self.plugins.get_mut(plugin)
-            && let Some(old) = keys.remove(key)
+            && let Some((slot, old)) = keys.remove_entry(key)
         {
-            self.bytes -= key.len() + old.value.get().len() + ROW_OVERHEAD;
+            self.bytes -= slot.len() + old.value.get().len() + ROW_OVERHEAD;
             if keys.is_empty() {
                 self.plugins.remove(plugin);
             }
@@ -109,10 +156,10 @@ impl Mirror {
     pub(crate) fn purge(&mut self, now: i64) {
         let mut freed = 0;
         self.plugins.retain(|_, keys| {
-            keys.retain(|key, entry| {
+            keys.retain(|slot, entry| {
                 let keep = entry.live(now);
                 if !keep {
-                    freed += key.len() + entry.value.get().len() + ROW_OVERHEAD;
+                    freed += slot.len() + entry.value.get().len() + ROW_OVERHEAD;
                 }
                 keep
             });

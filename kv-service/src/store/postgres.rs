@@ -33,7 +33,7 @@ use tokio::task::JoinHandle;
 use tokio::time::error::Elapsed;
 
 use super::writer::{Applied, Commit, PROBE_SQL, Write, Writer};
-use super::{Key, Listing, Row, StoreError, StoreOptions, Value, parse_value, prefix_end};
+use super::{ListedKey, Listing, Row, StoreError, StoreOptions, Value, parse_value, prefix_end};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -622,8 +622,8 @@ async fn list(
     })?;
     let mut keys = rows
         .into_iter()
-        .map(|row| key_text(row.get(0)).map(Key::from))
-        .collect::<Result<Vec<Key>, StoreError>>()?;
+        .map(|row| key_text(row.get(0)).map(|key| ListedKey::new(&key)))
+        .collect::<Result<Vec<_>, StoreError>>()?;
     let truncated = keys.len() > limit as usize;
     keys.truncate(limit as usize);
     Ok(Listing { keys, truncated })

@@ -24,7 +24,9 @@ use tokio::task::JoinHandle;
 use self::commit::Committer;
 use super::mirror::{self, Entry, Mirror};
 use super::writer::{Write, Writer};
-use super::{Key, Listing, Row, StoreError, StoreOptions, Value, now_ms, parse_value, prefix_end};
+use super::{
+    ListedKey, Listing, Row, StoreError, StoreOptions, Value, now_ms, parse_value, prefix_end,
+};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -204,8 +206,8 @@ impl Sqlite {
             .await?;
         let mut keys = rows
             .iter()
-            .map(|row| Ok(Key::from(split_id(row.get(0))?.1)))
-            .collect::<Result<Vec<Key>, StoreError>>()?;
+            .map(|row| Ok(ListedKey::new(split_id(row.get(0))?.1)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
         let truncated = keys.len() > limit as usize;
         keys.truncate(limit as usize);
         Ok(Listing { keys, truncated })
@@ -627,7 +629,8 @@ mod tests {
         store.close().await;
 
         let mut small = StoreOptions::new(url);
-        small.mirror_budget_bytes = 2 * ROW_OVERHEAD + 10;
+        // Keys of 1 byte (3 rendered) each, values of 7 and 1 bytes: exactly the two rows.
+        small.mirror_budget_bytes = 2 * ROW_OVERHEAD + (1 + 3 + 7) + (1 + 3 + 1);
         let store = Store::open(&small).await.unwrap();
         assert!(store.mirrored(), "two small rows fit");
         let big = json(&format!("\"{}\"", "x".repeat(100)));

@@ -271,6 +271,8 @@ impl Floors<'_> {
         );
         let subject = format!("bench.floor.{backend}.{op}");
         let (client, on) = (self.client.clone(), subject.clone());
+        // The floor's runtime subscribes and hands back the responder's task, the one to abort.
+        #[allow(clippy::async_yields_async)]
         let responder = self
             .runtime
             .spawn(async move { bare_responder(client, &on, reply).await })

@@ -565,6 +565,8 @@ pub(crate) fn endpoints(
 
 #[cfg(test)]
 mod tests {
+    use crate::store::ListedKey;
+
     #[test]
     fn list_replies_carry_their_keys_as_strings() {
         let keys = [
@@ -578,22 +580,28 @@ mod tests {
             "é ü 😀",
             "%_",
         ];
-        let reply = super::ListReply {
-            keys: keys
-                .iter()
-                .map(|key| crate::store::ListedKey::new(key))
-                .collect(),
-            count: keys.len(),
-            truncated: true,
-        };
         let plain = serde_json::json!({"keys": keys, "count": keys.len(), "truncated": true});
-        assert_eq!(
-            serde_json::to_string(&reply).unwrap(),
-            serde_json::to_string(&plain).unwrap()
-        );
-        let back: super::ListReply =
-            serde_json::from_str(&serde_json::to_string(&reply).unwrap()).unwrap();
-        assert_eq!(back, reply);
+        // Keys rendered once (the mirror's) and keys as text (a database's) alike.
+        let forms: [fn(&str) -> ListedKey; 2] = [ListedKey::rendered, |key| ListedKey::from(key)];
+        for form in forms {
+            let reply = super::ListReply {
+                keys: keys.iter().map(|key| form(key)).collect(),
+                count: keys.len(),
+                truncated: true,
+            };
+            assert_eq!(
+                serde_json::to_string(&reply).unwrap(),
+                serde_json::to_string(&plain).unwrap()
+            );
+            let back: super::ListReply =
+                serde_json::from_str(&serde_json::to_string(&reply).unwrap()).unwrap();
+            assert_eq!(back, reply);
+            assert_eq!(
+                reply.keys.iter().map(ListedKey::key).collect::<Vec<_>>(),
+                keys
+            );
+        }
+        assert_ne!(ListedKey::rendered("a"), ListedKey::from("b"));
     }
 
     #[test]

@@ -133,7 +133,7 @@ impl Mirror {
             None => {
                 let slot = Slot {
                     key: key.into(),
-                    listed: ListedKey::new(key),
+                    listed: ListedKey::rendered(key),
                 };
                 self.bytes += slot.len() + entry.value.get().len() + ROW_OVERHEAD;
                 keys.insert(slot, entry);

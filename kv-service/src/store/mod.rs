@@ -177,51 +177,86 @@ impl From<sqlx::migrate::MigrateError> for StoreError {
     }
 }
 
-/// A key as a listing hands it out: its JSON string, rendered (quoted and escaped) once. The
-/// read mirror keeps each key's rendering beside it, so a listing of 100 keys copies 100
-/// finished strings into the reply instead of escaping each byte of each key (which was a
-/// third of a listing's instructions).
+/// A key as a listing hands it out. The read mirror keeps each key's JSON string (quoted and
+/// escaped) beside it, rendered once when the key first arrives, so a listing of 100 keys
+/// copies 100 finished strings into the reply instead of escaping each byte of each key (which
+/// was a third of a listing's instructions). A key read from a database is rendered as it is
+/// written into the reply, as any string is: rendering it first would only add allocations.
 #[derive(Debug, Clone)]
-pub struct ListedKey(Arc<RawValue>);
+pub struct ListedKey(Listed);
+
+#[derive(Debug, Clone)]
+enum Listed {
+    /// The key's JSON string, as serde_json renders it.
+    Rendered(Arc<RawValue>),
+    Text(Box<str>),
+}
 
 impl ListedKey {
-    pub fn new(key: &str) -> ListedKey {
+    /// A key to be listed many times: rendered now, once.
+    pub fn rendered(key: &str) -> ListedKey {
         // Rendering a `str` cannot fail; `to_raw_value` renders without parsing the result.
         let json = serde_json::value::to_raw_value(key).expect("a string renders as JSON");
-        ListedKey(Arc::from(json))
+        ListedKey(Listed::Rendered(Arc::from(json)))
     }
 
     /// The key itself.
     pub fn key(&self) -> String {
-        serde_json::from_str(self.0.get()).expect("a rendered JSON string")
+        match &self.0 {
+            Listed::Rendered(json) => {
+                serde_json::from_str(json.get()).expect("a rendered JSON string")
+            }
+            Listed::Text(key) => key.to_string(),
+        }
     }
 
     /// Bytes held, as the mirror's budget counts them.
     fn len(&self) -> usize {
-        self.0.get().len()
+        match &self.0 {
+            Listed::Rendered(json) => json.get().len(),
+            Listed::Text(key) => key.len(),
+        }
     }
 }
 
-/// serde_json renders each key one way, so equal keys have equal renderings.
+impl From<String> for ListedKey {
+    fn from(key: String) -> ListedKey {
+        ListedKey(Listed::Text(key.into_boxed_str()))
+    }
+}
+
+impl From<&str> for ListedKey {
+    fn from(key: &str) -> ListedKey {
+        ListedKey(Listed::Text(key.into()))
+    }
+}
+
+/// Equal when the keys are, however each is held.
 impl PartialEq for ListedKey {
     fn eq(&self, other: &ListedKey) -> bool {
-        self.0.get() == other.0.get()
+        match (&self.0, &other.0) {
+            (Listed::Rendered(a), Listed::Rendered(b)) => a.get() == b.get(),
+            (Listed::Text(a), Listed::Text(b)) => a == b,
+            _ => self.key() == other.key(),
+        }
     }
 }
 
 impl Eq for ListedKey {}
 
 impl Serialize for ListedKey {
-    /// Written as it is: serde_json copies a `RawValue` into its output without looking at it.
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(serializer)
+        match &self.0 {
+            // Written as it is: serde_json copies a `RawValue` into its output untouched.
+            Listed::Rendered(json) => json.serialize(serializer),
+            Listed::Text(key) => serializer.serialize_str(key),
+        }
     }
 }
 
 impl<'de> Deserialize<'de> for ListedKey {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let key = String::deserialize(deserializer)?;
-        Ok(ListedKey::new(&key))
+        String::deserialize(deserializer).map(ListedKey::from)
     }
 }
 

@@ -622,7 +622,7 @@ async fn list(
     })?;
     let mut keys = rows
         .into_iter()
-        .map(|row| key_text(row.get(0)).map(|key| ListedKey::new(&key)))
+        .map(|row| key_text(row.get(0)).map(ListedKey::from))
         .collect::<Result<Vec<_>, StoreError>>()?;
     let truncated = keys.len() > limit as usize;
     keys.truncate(limit as usize);

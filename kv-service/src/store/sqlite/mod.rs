@@ -206,7 +206,7 @@ impl Sqlite {
             .await?;
         let mut keys = rows
             .iter()
-            .map(|row| Ok(ListedKey::new(split_id(row.get(0))?.1)))
+            .map(|row| Ok(ListedKey::from(split_id(row.get(0))?.1)))
             .collect::<Result<Vec<_>, StoreError>>()?;
         let truncated = keys.len() > limit as usize;
         keys.truncate(limit as usize);

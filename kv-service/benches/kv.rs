@@ -285,7 +285,7 @@ impl Floors<'_> {
 /// Every op at every in-flight level, each round the floor then kv-service.
 async fn measure(
     driver: &async_nats::Client,
-    floors: &Floors<'_>,
+    floor_side: &Floors<'_>,
     backend: &str,
     plan: &Plan,
     sets: &Arc<AtomicU64>,
@@ -293,7 +293,7 @@ async fn measure(
     let mut cases = Vec::new();
     for op in &plan.ops {
         let subject = format!("rosey.db.kv.{op}");
-        let (floor_subject, floor) = floors.same_reply(driver, backend, op, sets).await;
+        let (floor_subject, floor) = floor_side.same_reply(driver, backend, op, sets).await;
         for &in_flight in &plan.in_flights {
             // The Python targets' scale: SQLite's get and set at 16 in flight.
             let python_scale = backend == "sqlite" && in_flight == 16 && op != "list";

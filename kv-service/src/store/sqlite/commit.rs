@@ -558,14 +558,10 @@ mod tests {
 
     use super::*;
 
-    /// The store's schema, made by its migrations in order.
+    /// The store's schema, made by its migrations (the ones sqlx runs) in order.
     fn migrate(db: &Connection) {
-        for sql in [
-            include_str!("../../../migrations/sqlite/20261128000000_create_kv.sql"),
-            include_str!("../../../migrations/sqlite/20261201000000_store_identity.sql"),
-            include_str!("../../../migrations/sqlite/20261206000000_single_column_key.sql"),
-        ] {
-            db.execute_batch(sql).unwrap();
+        for migration in super::super::MIGRATOR.iter() {
+            db.execute_batch(migration.sql.as_str()).unwrap();
         }
     }
 

@@ -10,6 +10,12 @@
 //! A `Value` object keeps one member per name (the last one given); a member list keeps them
 //! all. [`Document::parse`] reports a repeated name, and the caller validates such a (rare)
 //! body as a `Value` instead, so validation never depends on which representation read it.
+//!
+//! A request field typed `RawValue` (like kv-service's `value`) needs its member's text as
+//! sent. The document of an object body finds it without reading anything again: a member name
+//! needing no unescaping is borrowed from the body, so where it ends and where the next one
+//! begins bound the member's value, and only the few bytes of `:`, `,` and whitespace around
+//! it are left to step over ([`Input::body`]).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -206,15 +212,56 @@ fn names_repeat(members: &[(Cow<'_, str>, Document<'_>)]) -> bool {
 }
 
 /// A document as a serde `Deserializer`: a validated body becomes the request type without a
-/// second parse. It refuses a `RawValue` (which needs the member's original text) and enums
-/// (left to serde_json, which knows their shapes) with [`Unsupported`]; on that or any other
+/// second parse. A `RawValue` member of the body is given its text; a `RawValue` deeper in, one
+/// whose text cannot be found (a member name with escapes, around it), and enums (left to
+/// serde_json, which knows their shapes) are refused with [`Unsupported`]; on that or any other
 /// error the caller reads the text instead, so every request type and every error message is
 /// exactly what serde_json makes of the text.
-impl<'de> Deserializer<'de> for &'de Document<'de> {
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Input<'de> {
+    document: &'de Document<'de>,
+    place: Place<'de>,
+}
+
+/// Where a document stands in the body, as far as finding its text goes.
+#[derive(Debug, Clone, Copy)]
+enum Place<'de> {
+    /// The body, parsed from this text.
+    Body(&'de str),
+    /// The value of `members[index]`, a member of the body (see [`member_text`]); its text is
+    /// found only if a `RawValue` asks for it.
+    Member {
+        body: &'de str,
+        members: &'de [(Cow<'de, str>, Document<'de>)],
+        index: usize,
+    },
+    /// Deeper in.
+    Within,
+}
+
+impl<'de> Input<'de> {
+    /// A request body and the text it was parsed from.
+    pub(crate) fn body(document: &'de Document<'de>, text: &'de str) -> Input<'de> {
+        Input {
+            document,
+            place: Place::Body(text),
+        }
+    }
+
+    /// A value whose text is not known.
+    fn of(document: &'de Document<'de>) -> Input<'de> {
+        Input {
+            document,
+            place: Place::Within,
+        }
+    }
+}
+
+impl<'de> Deserializer<'de> for Input<'de> {
     type Error = serde_json::Error;
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
-        match self {
+        match self.document {
             Document::Null => visitor.visit_unit(),
             Document::Bool(boolean) => visitor.visit_bool(*boolean),
             Document::Number(number) => {
@@ -230,14 +277,19 @@ impl<'de> Deserializer<'de> for &'de Document<'de> {
             Document::String(Cow::Owned(string)) => visitor.visit_str(string),
             Document::Array(items) => visitor.visit_seq(Items(items.iter())),
             Document::Object(members) => visitor.visit_map(Fields {
-                members: members.iter(),
+                members,
+                next: 0,
+                body: match self.place {
+                    Place::Body(text) => Some(text),
+                    Place::Member { .. } | Place::Within => None,
+                },
                 value: None,
             }),
         }
     }
 
     fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
-        match self {
+        match self.document {
             Document::Null => visitor.visit_none(),
             _ => visitor.visit_some(self),
         }
@@ -249,7 +301,16 @@ impl<'de> Deserializer<'de> for &'de Document<'de> {
         visitor: V,
     ) -> Result<V::Value, Self::Error> {
         if name == RAW_VALUE {
-            return Err(de::Error::custom(Unsupported));
+            let text = match self.place {
+                Place::Member {
+                    body,
+                    members,
+                    index,
+                } => member_text(body, members, index),
+                Place::Body(_) | Place::Within => None,
+            };
+            let text = text.ok_or_else(|| de::Error::custom(Unsupported))?;
+            return visitor.visit_map(RawText(Some(text)));
         }
         visitor.visit_newtype_struct(self)
     }
@@ -270,6 +331,75 @@ impl<'de> Deserializer<'de> for &'de Document<'de> {
     serde::forward_to_deserialize_any! {
         bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
         unit unit_struct seq tuple tuple_struct map struct identifier
+    }
+}
+
+/// Where a name starts in `body`, if it is borrowed from it (one with escapes is not).
+#[allow(clippy::ptr_arg)] // Whether the name is borrowed is the point.
+fn offset_in(body: &str, name: &Cow<'_, str>) -> Option<usize> {
+    let Cow::Borrowed(name) = name else {
+        return None;
+    };
+    let offset = (name.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
+    (offset + name.len() <= body.len()).then_some(offset)
+}
+
+/// The text of the value of `members[index]`, a member of the object `body` is the text of: from
+/// the end of its name to the start of the next name (or the body's closing brace), less the
+/// `:`, the `,` and whitespace. `None` when a name involved is not borrowed from `body`.
+/// (`trim_ascii` also drops form feeds, which valid JSON, as `body` is, never has between
+/// tokens.)
+fn member_text<'de>(
+    body: &'de str,
+    members: &[(Cow<'de, str>, Document<'de>)],
+    index: usize,
+) -> Option<&'de str> {
+    let (name, _) = members.get(index)?;
+    // Past the name's closing quote.
+    let start = offset_in(body, name)? + name.len() + 1;
+    let end = match members.get(index + 1) {
+        // Before the next name's opening quote.
+        Some((next, _)) => offset_in(body, next)?.checked_sub(1)?,
+        // Before the body's closing brace (only whitespace follows it).
+        None => body.trim_ascii_end().len().checked_sub(1)?,
+    };
+    let between = body.get(start..end)?.trim_ascii();
+    let value = between.strip_prefix(':')?;
+    let value = match members.get(index + 1) {
+        Some(_) => value.trim_ascii_end().strip_suffix(',')?,
+        None => value,
+    };
+    Some(value.trim_ascii())
+}
+
+/// A `RawValue` as serde_json hands one to its `Deserialize` impl: a map of one member, named
+/// [`RAW_VALUE`], whose value is the text.
+struct RawText<'de>(Option<&'de str>);
+
+impl<'de> MapAccess<'de> for RawText<'de> {
+    type Error = serde_json::Error;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Self::Error> {
+        match self.0 {
+            Some(_) => seed
+                .deserialize(de::value::BorrowedStrDeserializer::new(RAW_VALUE))
+                .map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn next_value_seed<V: DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, Self::Error> {
+        let text = self
+            .0
+            .take()
+            .ok_or_else(|| de::Error::custom("a value asked for before its name"))?;
+        seed.deserialize(de::value::BorrowedStrDeserializer::new(text))
     }
 }
 
@@ -297,7 +427,10 @@ impl<'de> SeqAccess<'de> for Items<'de> {
         &mut self,
         seed: T,
     ) -> Result<Option<T::Value>, Self::Error> {
-        self.0.next().map(|item| seed.deserialize(item)).transpose()
+        self.0
+            .next()
+            .map(|item| seed.deserialize(Input::of(item)))
+            .transpose()
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -306,8 +439,11 @@ impl<'de> SeqAccess<'de> for Items<'de> {
 }
 
 struct Fields<'de> {
-    members: std::slice::Iter<'de, (Cow<'de, str>, Document<'de>)>,
-    value: Option<&'de Document<'de>>,
+    members: &'de [(Cow<'de, str>, Document<'de>)],
+    next: usize,
+    /// The text of the object, when it is the body (see [`member_text`]).
+    body: Option<&'de str>,
+    value: Option<Input<'de>>,
 }
 
 impl<'de> MapAccess<'de> for Fields<'de> {
@@ -317,10 +453,22 @@ impl<'de> MapAccess<'de> for Fields<'de> {
         &mut self,
         seed: K,
     ) -> Result<Option<K::Value>, Self::Error> {
-        let Some((name, value)) = self.members.next() else {
+        let index = self.next;
+        let Some((name, value)) = self.members.get(index) else {
             return Ok(None);
         };
-        self.value = Some(value);
+        self.next += 1;
+        self.value = Some(Input {
+            document: value,
+            place: match self.body {
+                Some(body) => Place::Member {
+                    body,
+                    members: self.members,
+                    index,
+                },
+                None => Place::Within,
+            },
+        });
         let name = match name {
             Cow::Borrowed(name) => seed.deserialize(de::value::BorrowedStrDeserializer::new(name)),
             Cow::Owned(name) => seed.deserialize(de::value::StrDeserializer::new(name)),
@@ -340,7 +488,7 @@ impl<'de> MapAccess<'de> for Fields<'de> {
     }
 
     fn size_hint(&self) -> Option<usize> {
-        Some(self.members.len())
+        Some(self.members.len() - self.next)
     }
 }
 
@@ -480,7 +628,7 @@ impl<'a> Array<'a, Documents> for &'a [Document<'a>] {
 mod tests {
     use serde::de::{self, Deserializer, Visitor};
 
-    use super::{Document, Parsed};
+    use super::{Document, Input, Parsed};
 
     fn parse(text: &str) -> Document<'_> {
         match Document::parse(text).expect("JSON") {
@@ -577,27 +725,32 @@ mod tests {
         let text = r#"{"name":"a\"b","count":null,"tags":["x","y"],"ratio":1,
                        "nested":{"k":-3},"ignored":{"deep":[1,{"x":null}]}}"#;
         let document = parse(text);
-        let ours = Request::deserialize(&document).unwrap();
+        let ours = Request::deserialize(Input::body(&document, text)).unwrap();
         assert_eq!(ours, serde_json::from_str::<Request>(text).unwrap());
-        // What it cannot give, it refuses (the caller then reads the text).
+        // What it cannot give, it refuses (the caller then reads the text): a `RawValue`
+        // without its text.
         #[derive(Debug, Deserialize)]
         struct Raw {
-            #[allow(dead_code)]
             value: Box<serde_json::value::RawValue>,
         }
         let raw = r#"{"value":[1, 2]}"#;
-        let err = Raw::deserialize(&parse(raw)).unwrap_err().to_string();
+        let err = Raw::deserialize(Input::of(&parse(raw)))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("left to serde_json"), "{err}");
-        assert!(
-            serde_json::from_str::<Raw>(raw).is_ok(),
-            "serde_json reads it"
+        assert_eq!(
+            Raw::deserialize(Input::body(&parse(raw), raw))
+                .unwrap()
+                .value
+                .get(),
+            "[1, 2]"
         );
         #[derive(Debug, Deserialize)]
         #[allow(dead_code)]
         enum Kind {
             A,
         }
-        assert!(Kind::deserialize(&parse(r#""A""#)).is_err());
+        assert!(Kind::deserialize(Input::of(&parse(r#""A""#))).is_err());
         // The token serde_json's RawValue asks a deserializer for, as this module knows it.
         struct Token;
         impl<'de> Deserializer<'de> for Token {
@@ -639,5 +792,73 @@ mod tests {
                 .to_string();
             assert_eq!(ours, theirs, "{text:?}");
         }
+    }
+
+    /// A `RawValue` member of the body gets exactly the text serde_json gives it, whatever the
+    /// whitespace, the member's place and what it holds; where its name or the next has
+    /// escapes, or the `RawValue` is deeper in, it is refused and the caller reads the text.
+    #[test]
+    fn raw_members_get_their_text_as_serde_json_gives_it() {
+        use serde::Deserialize;
+
+        #[derive(Debug, Deserialize)]
+        struct Raw<'a> {
+            #[serde(borrow)]
+            value: &'a serde_json::value::RawValue,
+            #[serde(default)]
+            #[allow(dead_code)]
+            after: Option<serde_json::Value>,
+        }
+        let values = [
+            "1",
+            "-0",
+            "1.0e2",
+            r#""plain""#,
+            r#""with \" quote, comma and } brace""#,
+            r#"{"a":[1,{"b":"}"}],"c":null}"#,
+            "[ 1 , 2 ]",
+            "true",
+            "null",
+            r#"{ "k" : "v" , "l" : [ ] }"#,
+        ];
+        for value in values {
+            for text in [
+                format!(r#"{{"value":{value}}}"#),
+                format!(" {{ \"value\" :\n\t{value} \r\n}} \n"),
+                format!(r#"{{"before":[1,"x"],"value":{value},"after":{{"x":1}}}}"#),
+                format!(r#"{{"before":1 , "value" :  {value}  ,"after":2}}"#),
+                format!(r#"{{"value":{value},"after":"a,b"}}"#),
+            ] {
+                let document = parse(&text);
+                let ours = Raw::deserialize(Input::body(&document, &text))
+                    .unwrap_or_else(|err| panic!("{text}: {err}"));
+                let theirs: Raw<'_> = serde_json::from_str(&text).unwrap();
+                assert_eq!(ours.value.get(), theirs.value.get(), "{text}");
+                assert_eq!(ours.value.get(), value, "{text}");
+            }
+        }
+        // Only its own name and the next one bound a member's text.
+        let text = r#"{"b\u0065fore":0,"value":1}"#;
+        let document = parse(text);
+        let ours = Raw::deserialize(Input::body(&document, text)).unwrap();
+        assert_eq!(ours.value.get(), "1");
+        for text in [r#"{"val\u0075e":1}"#, r#"{"value":1,"\u0061fter":2}"#] {
+            let document = parse(text);
+            let err = Raw::deserialize(Input::body(&document, text)).unwrap_err();
+            assert!(
+                err.to_string().contains("left to serde_json"),
+                "{text}: {err}"
+            );
+            assert!(serde_json::from_str::<Raw<'_>>(text).is_ok(), "{text}");
+        }
+        #[derive(Debug, Deserialize)]
+        struct Outer<'a> {
+            #[serde(borrow)]
+            #[allow(dead_code)]
+            inner: Raw<'a>,
+        }
+        let text = r#"{"inner":{"value":[1]}}"#;
+        let err = Outer::deserialize(Input::body(&parse(text), text)).unwrap_err();
+        assert!(err.to_string().contains("left to serde_json"), "{err}");
     }
 }

@@ -11,7 +11,7 @@ use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::document::{Document, Documents, Parsed};
+use crate::document::{Document, Documents, Input, Parsed};
 use crate::error::{ErrorCode, codes};
 use crate::schema::schema_of;
 
@@ -130,11 +130,10 @@ impl RequestValidator {
     /// → VALIDATION_ERROR; then deserializes `T`.
     ///
     /// The body is parsed once, into a document (`document.rs`) that the schema validates and
-    /// `T` is deserialized from. A type the document cannot give (a `Box<RawValue>` field, like
-    /// kv-service's `value`, needs its member's original text; enums are left to serde_json)
-    /// is read from the text instead, and once one request has shown that, every later one is:
-    /// that second parse costs about a third of the first. Any error
-    /// is the text's, so messages never depend on the path.
+    /// `T` is deserialized from; a `RawValue` member (like kv-service's `value`) is given its
+    /// text from that parse. A type the document cannot give (a `RawValue` deeper in the body,
+    /// enums, left to serde_json) is read from the text instead, and once one request has shown
+    /// that, every later one is. Any error is the text's, so messages never depend on the path.
     pub fn decode<T: DeserializeOwned>(&self, payload: &[u8]) -> Result<T, Rejection> {
         let text = std::str::from_utf8(payload).map_err(|err| {
             Rejection::new(
@@ -154,7 +153,7 @@ impl RequestValidator {
                 if self.needs_text.load(Ordering::Relaxed) {
                     false
                 } else {
-                    match T::deserialize(&document) {
+                    match T::deserialize(Input::body(&document, text)) {
                         Ok(request) => return Ok(request),
                         Err(_) => true,
                     }
@@ -423,8 +422,9 @@ mod tests {
         assert!(!validator.needs_text.load(Ordering::Relaxed));
     }
 
-    /// A `RawValue` comes from the text, byte for byte, and from then on the type is read from
-    /// the text; errors are serde_json's either way.
+    /// A `RawValue` member comes from the one parse, byte for byte as sent; one deeper in comes
+    /// from the text, and from then on the type is read from the text; errors are serde_json's
+    /// either way.
     #[test]
     fn raw_values_come_from_the_text() {
         let validator = RequestValidator::new::<Raw>().unwrap();
@@ -434,7 +434,19 @@ mod tests {
                 .unwrap();
             assert_eq!(raw.name, "a");
             assert_eq!(raw.value.get(), r#"{"n":1.0e2, "s":"\u00e9"}"#);
-            assert!(validator.needs_text.load(Ordering::Relaxed));
+            assert!(!validator.needs_text.load(Ordering::Relaxed));
+        }
+        #[derive(Debug, Deserialize, JsonSchema)]
+        struct Outer {
+            inner: Raw,
+        }
+        let outer = RequestValidator::new::<Outer>().unwrap();
+        for _ in 0..2 {
+            let read: Outer = outer
+                .decode(br#"{"inner":{"name":"b","value":[1, 2]}}"#)
+                .unwrap();
+            assert_eq!(read.inner.value.get(), "[1, 2]");
+            assert!(outer.needs_text.load(Ordering::Relaxed));
         }
         let duplicate = validator
             .decode::<Raw>(br#"{"name":"a","name":"b","value":1}"#)

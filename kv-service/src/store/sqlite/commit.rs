@@ -16,7 +16,6 @@
 //! Either way the mirror is updated before anyone hears of the commit, so a read sees exactly
 //! the committed state.
 
-use std::collections::BTreeMap;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
@@ -363,35 +362,38 @@ impl Session<'_> {
     /// Upserts a run of sets with one statement; the last write of a key in the run wins, as
     /// it would one by one.
     fn upsert(&mut self, run: &[Write], now: i64) -> rusqlite::Result<()> {
-        let mut last: BTreeMap<(&str, &str), usize> = BTreeMap::new();
-        for (index, write) in run.iter().enumerate() {
-            if let Write::Set { plugin, key, .. } = write {
-                last.insert((plugin, key), index);
-            }
+        // Sorted by key, a key's writes lie together, the last first: keeping the first of each
+        // key leaves the writes that win, as distinct keys (one statement may not write a row
+        // twice). Cheaper than hashing every key; keys are compared before plugins, as they
+        // differ far more often.
+        let mut rows: Vec<(&str, &str, usize)> = Vec::with_capacity(run.len());
+        rows.extend(
+            run.iter().enumerate().filter_map(|(index, write)| {
+                write.target().map(|(plugin, key)| (key, plugin, index))
+            }),
+        );
+        if rows.len() > 1 {
+            rows.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)).then(b.2.cmp(&a.2)));
+            rows.dedup_by(|later, first| (later.0, later.1) == (first.0, first.1));
         }
-        let rows = last.len();
-        let sql = self.upserts[rows].get_or_insert_with(|| upsert_sql(rows));
+        let sql = self.upserts[rows.len()].get_or_insert_with(|| upsert_sql(rows.len()));
         let mut statement = self.db.prepare_cached(sql)?;
         // SQLite copies each argument as it is bound: one buffer serves every row's id.
         let mut id = Vec::new();
-        let mut parameter = 1;
-        for (index, write) in run.iter().enumerate() {
-            if let Write::Set {
-                plugin,
-                key,
-                value,
-                ttl_seconds,
-            } = write
-                && last.get(&(plugin.as_str(), key.as_str())) == Some(&index)
-            {
-                super::write_id(&mut id, plugin, key);
-                statement.raw_bind_parameter(parameter, id.as_slice())?;
-                statement.raw_bind_parameter(parameter + 1, value.get())?;
-                statement.raw_bind_parameter(parameter + 2, expires_at(now, *ttl_seconds))?;
-                statement.raw_bind_parameter(parameter + 3, now)?;
-                statement.raw_bind_parameter(parameter + 4, now)?;
-                parameter += 5;
-            }
+        for (row, (key, plugin, index)) in rows.into_iter().enumerate() {
+            let Write::Set {
+                value, ttl_seconds, ..
+            } = &run[index]
+            else {
+                unreachable!("a run holds sets only");
+            };
+            let parameter = 1 + row * 5;
+            super::write_id(&mut id, plugin, key);
+            statement.raw_bind_parameter(parameter, id.as_slice())?;
+            statement.raw_bind_parameter(parameter + 1, value.get())?;
+            statement.raw_bind_parameter(parameter + 2, expires_at(now, *ttl_seconds))?;
+            statement.raw_bind_parameter(parameter + 3, now)?;
+            statement.raw_bind_parameter(parameter + 4, now)?;
         }
         // The cache clears the arguments when the statement goes back to it: a statement of
         // 64 rows holds no copies of 64 values once done.

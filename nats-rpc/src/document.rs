@@ -212,11 +212,11 @@ fn names_repeat(members: &[(Cow<'_, str>, Document<'_>)]) -> bool {
 }
 
 /// A document as a serde `Deserializer`: a validated body becomes the request type without a
-/// second parse. A `RawValue` member of the body is given its text; a `RawValue` deeper in, one
-/// whose text cannot be found (a member name with escapes, around it), and enums (left to
-/// serde_json, which knows their shapes) are refused with [`Unsupported`]; on that or any other
-/// error the caller reads the text instead, so every request type and every error message is
-/// exactly what serde_json makes of the text.
+/// second parse. A `RawValue` member of the body is given its text; a `RawValue` deeper in and
+/// enums (left to serde_json, which knows their shapes) are refused with [`Unsupported`], and a
+/// member's text that cannot be found (its name or the next has escapes) with an error of its
+/// own; on any error the caller reads the text instead, so every request type and every error
+/// message is exactly what serde_json makes of the text.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Input<'de> {
     document: &'de Document<'de>,
@@ -306,10 +306,12 @@ impl<'de> Deserializer<'de> for Input<'de> {
                     body,
                     members,
                     index,
-                } => member_text(body, members, index),
-                Place::Body(_) | Place::Within => None,
+                } => member_text(body, members, index)
+                    // Not found this time (a name with escapes): this body is read from its
+                    // text, the next one need not be.
+                    .ok_or_else(|| de::Error::custom("a member's text not found"))?,
+                Place::Body(_) | Place::Within => return Err(de::Error::custom(Unsupported)),
             };
-            let text = text.ok_or_else(|| de::Error::custom(Unsupported))?;
             return visitor.visit_map(RawText(Some(text)));
         }
         visitor.visit_newtype_struct(self)
@@ -407,14 +409,24 @@ impl<'de> MapAccess<'de> for RawText<'de> {
 /// every `Deserializer`: checked by a test, and a change only sends such types to the text).
 const RAW_VALUE: &str = "$serde_json::private::RawValue";
 
-/// Why a document could not become a request type (a `RawValue` or an enum in it): the caller
-/// reads the text instead.
+/// Why a document cannot become a request type of some shape (a `RawValue` below the body's
+/// members, an enum): the caller reads the text instead, for this request and every later one.
 #[derive(Debug)]
 pub(crate) struct Unsupported;
 
+impl Unsupported {
+    const MESSAGE: &str = "left to serde_json";
+
+    /// Whether `err`, from deserializing a document, is this: the type's shape, not the body's
+    /// content, is what the document cannot give. (A cold path: the message is compared.)
+    pub(crate) fn caused(err: &serde_json::Error) -> bool {
+        err.to_string() == Self::MESSAGE
+    }
+}
+
 impl fmt::Display for Unsupported {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("left to serde_json")
+        f.write_str(Self::MESSAGE)
     }
 }
 
@@ -845,10 +857,8 @@ mod tests {
         for text in [r#"{"val\u0075e":1}"#, r#"{"value":1,"\u0061fter":2}"#] {
             let document = parse(text);
             let err = Raw::deserialize(Input::body(&document, text)).unwrap_err();
-            assert!(
-                err.to_string().contains("left to serde_json"),
-                "{text}: {err}"
-            );
+            assert_eq!(err.to_string(), "a member's text not found", "{text}");
+            assert!(!super::Unsupported::caused(&err), "{text}");
             assert!(serde_json::from_str::<Raw<'_>>(text).is_ok(), "{text}");
         }
         #[derive(Debug, Deserialize)]
@@ -859,6 +869,6 @@ mod tests {
         }
         let text = r#"{"inner":{"value":[1]}}"#;
         let err = Outer::deserialize(Input::body(&parse(text), text)).unwrap_err();
-        assert!(err.to_string().contains("left to serde_json"), "{err}");
+        assert!(super::Unsupported::caused(&err), "{err}");
     }
 }

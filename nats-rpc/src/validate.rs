@@ -11,7 +11,7 @@ use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::document::{Document, Documents, Input, Parsed};
+use crate::document::{Document, Documents, Input, Parsed, Unsupported};
 use crate::error::{ErrorCode, codes};
 use crate::schema::schema_of;
 
@@ -155,7 +155,7 @@ impl RequestValidator {
                 } else {
                     match T::deserialize(Input::body(&document, text)) {
                         Ok(request) => return Ok(request),
-                        Err(_) => true,
+                        Err(err) => Unsupported::caused(&err),
                     }
                 }
             }
@@ -174,7 +174,8 @@ impl RequestValidator {
             )
         })?;
         if document_failed {
-            // The text gave what the document could not: this type needs the text.
+            // The text gave what the document could not, for the type's shape (not for this
+            // body's content): this type needs the text.
             self.needs_text.store(true, Ordering::Relaxed);
         }
         Ok(request)
@@ -448,6 +449,13 @@ mod tests {
             assert_eq!(read.inner.value.get(), "[1, 2]");
             assert!(outer.needs_text.load(Ordering::Relaxed));
         }
+        // A body whose member text cannot be found (a name with escapes) is read from its text
+        // alone: the type does not need the text, the next body is read from the document.
+        let raw: Raw = validator
+            .decode(br#"{"name":"a","val\u0075e":[3]}"#)
+            .unwrap();
+        assert_eq!(raw.value.get(), "[3]");
+        assert!(!validator.needs_text.load(Ordering::Relaxed));
         let duplicate = validator
             .decode::<Raw>(br#"{"name":"a","name":"b","value":1}"#)
             .unwrap_err();
@@ -458,5 +466,22 @@ mod tests {
             "{}",
             duplicate.message
         );
+    }
+
+    /// A body the schema lets through but the type refuses gets serde_json's error, and does
+    /// not send later bodies to the text.
+    #[test]
+    fn a_refused_body_does_not_send_the_type_to_the_text() {
+        let validator =
+            RequestValidator::from_schema(&serde_json::json!({"type": "object"})).unwrap();
+        let err = validator.decode::<Plain>(br#"{"name":5}"#).unwrap_err();
+        assert_eq!(err.code, crate::error::codes::VALIDATION_ERROR);
+        assert!(
+            err.message
+                .starts_with("Invalid request: invalid type: integer `5`"),
+            "{}",
+            err.message
+        );
+        assert!(!validator.needs_text.load(Ordering::Relaxed));
     }
 }

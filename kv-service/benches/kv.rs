@@ -311,15 +311,16 @@ async fn measure(
                 )
                 .await;
                 let bare = if python_scale {
-                    let bare = drive(
-                        driver,
-                        BARE_FLOOR,
-                        in_flight,
-                        plan.duration,
-                        payload(op, sets.clone()),
+                    Some(
+                        drive(
+                            driver,
+                            BARE_FLOOR,
+                            in_flight,
+                            plan.duration,
+                            payload(op, sets.clone()),
+                        )
+                        .await,
                     )
-                    .await;
-                    Some(bare)
                 } else {
                     None
                 };

@@ -312,7 +312,13 @@ impl<'de> Deserializer<'de> for Input<'de> {
                     .ok_or_else(|| de::Error::custom("a member's text not found"))?,
                 Place::Body(_) | Place::Within => return Err(de::Error::custom(Unsupported)),
             };
-            return visitor.visit_map(RawText(Some(text)));
+            // As serde_json hands a `RawValue` to its `Deserialize` impl: a map of one member,
+            // named `RAW_VALUE`, whose value is the text.
+            let raw = de::value::BorrowedStrDeserializer::<serde_json::Error>::new;
+            return visitor.visit_map(de::value::MapDeserializer::new(std::iter::once((
+                raw(RAW_VALUE),
+                raw(text),
+            ))));
         }
         visitor.visit_newtype_struct(self)
     }
@@ -359,50 +365,19 @@ fn member_text<'de>(
     let (name, _) = members.get(index)?;
     // Past the name's closing quote.
     let start = offset_in(body, name)? + name.len() + 1;
-    let end = match members.get(index + 1) {
+    let next = members.get(index + 1);
+    let end = match next {
         // Before the next name's opening quote.
         Some((next, _)) => offset_in(body, next)?.checked_sub(1)?,
         // Before the body's closing brace (only whitespace follows it).
         None => body.trim_ascii_end().len().checked_sub(1)?,
     };
-    let between = body.get(start..end)?.trim_ascii();
-    let value = between.strip_prefix(':')?;
-    let value = match members.get(index + 1) {
+    let value = body.get(start..end)?.trim_ascii().strip_prefix(':')?;
+    let value = match next {
         Some(_) => value.trim_ascii_end().strip_suffix(',')?,
         None => value,
     };
     Some(value.trim_ascii())
-}
-
-/// A `RawValue` as serde_json hands one to its `Deserialize` impl: a map of one member, named
-/// [`RAW_VALUE`], whose value is the text.
-struct RawText<'de>(Option<&'de str>);
-
-impl<'de> MapAccess<'de> for RawText<'de> {
-    type Error = serde_json::Error;
-
-    fn next_key_seed<K: DeserializeSeed<'de>>(
-        &mut self,
-        seed: K,
-    ) -> Result<Option<K::Value>, Self::Error> {
-        match self.0 {
-            Some(_) => seed
-                .deserialize(de::value::BorrowedStrDeserializer::new(RAW_VALUE))
-                .map(Some),
-            None => Ok(None),
-        }
-    }
-
-    fn next_value_seed<V: DeserializeSeed<'de>>(
-        &mut self,
-        seed: V,
-    ) -> Result<V::Value, Self::Error> {
-        let text = self
-            .0
-            .take()
-            .ok_or_else(|| de::Error::custom("a value asked for before its name"))?;
-        seed.deserialize(de::value::BorrowedStrDeserializer::new(text))
-    }
 }
 
 /// serde_json's name for a `RawValue` (semver-exempt, but a constant of its wire protocol with

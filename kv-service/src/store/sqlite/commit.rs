@@ -25,9 +25,9 @@ use sqlx::Connection as _;
 use sqlx::sqlite::{LockedSqliteHandle, SqliteConnection};
 use tokio::sync::oneshot;
 
-use super::super::StoreError;
 use super::super::mirror::{self, Entry, Mirror};
 use super::super::writer::{Applied, Commit, MAX_BATCH, PROBE_SQL, Write};
+use super::super::{StoreError, Value};
 use super::{Clock, PURGE_CHUNK};
 
 /// Most bytes of values a batch committed in place may carry: past it, the commit writes enough
@@ -366,11 +366,19 @@ impl Session<'_> {
         // key leaves the writes that win, as distinct keys (one statement may not write a row
         // twice). Cheaper than hashing every key; keys are compared before plugins, as they
         // differ far more often.
-        let mut rows: Vec<(&str, &str, usize)> = Vec::with_capacity(run.len());
+        let mut rows: Vec<(&str, &str, usize, &Value, Option<u32>)> = Vec::with_capacity(run.len());
         rows.extend(
-            run.iter().enumerate().filter_map(|(index, write)| {
-                write.target().map(|(plugin, key)| (key, plugin, index))
-            }),
+            run.iter()
+                .enumerate()
+                .filter_map(|(index, write)| match write {
+                    Write::Set {
+                        plugin,
+                        key,
+                        value,
+                        ttl_seconds,
+                    } => Some((key.as_str(), plugin.as_str(), index, value, *ttl_seconds)),
+                    _ => None,
+                }),
         );
         if rows.len() > 1 {
             rows.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)).then(b.2.cmp(&a.2)));
@@ -380,18 +388,12 @@ impl Session<'_> {
         let mut statement = self.db.prepare_cached(sql)?;
         // SQLite copies each argument as it is bound: one buffer serves every row's id.
         let mut id = Vec::new();
-        for (row, (key, plugin, index)) in rows.into_iter().enumerate() {
-            let Write::Set {
-                value, ttl_seconds, ..
-            } = &run[index]
-            else {
-                unreachable!("a run holds sets only");
-            };
+        for (row, (key, plugin, _, value, ttl_seconds)) in rows.into_iter().enumerate() {
             let parameter = 1 + row * 5;
             super::write_id(&mut id, plugin, key);
             statement.raw_bind_parameter(parameter, id.as_slice())?;
             statement.raw_bind_parameter(parameter + 1, value.get())?;
-            statement.raw_bind_parameter(parameter + 2, expires_at(now, *ttl_seconds))?;
+            statement.raw_bind_parameter(parameter + 2, expires_at(now, ttl_seconds))?;
             statement.raw_bind_parameter(parameter + 3, now)?;
             statement.raw_bind_parameter(parameter + 4, now)?;
         }

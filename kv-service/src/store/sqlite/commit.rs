@@ -26,7 +26,7 @@ use sqlx::sqlite::{LockedSqliteHandle, SqliteConnection};
 use tokio::sync::oneshot;
 
 use super::super::mirror::{self, Entry, Mirror};
-use super::super::writer::{Applied, Commit, MAX_BATCH, PROBE_SQL, Write};
+use super::super::writer::{self, Applied, Commit, MAX_BATCH, PROBE_SQL, Write};
 use super::super::{StoreError, Value};
 use super::{Clock, PURGE_CHUNK};
 
@@ -104,15 +104,21 @@ impl Committer {
         })
     }
 
-    /// Commits `writes` here and now if they are small and the database is free; `None` sends
-    /// them to the thread.
-    fn commit_in_place(&self, writes: &[Write]) -> Option<Vec<Result<Applied, StoreError>>> {
+    /// Whether `writes` are committed in place (unless the database is locked): small sets,
+    /// deletes and probes, and not with `--synchronous-full`.
+    fn in_place(&self, writes: &[Write]) -> bool {
         let small = writes.iter().try_fold(0_usize, |bytes, write| match write {
             Write::Set { value, .. } => Some(bytes + value.get().len()),
             Write::Delete { .. } | Write::Probe => Some(bytes),
             Write::Purge | Write::Import(_) => None,
         });
-        if !self.inline || small.is_none_or(|bytes| bytes > INLINE_BYTES) {
+        self.inline && small.is_some_and(|bytes| bytes <= INLINE_BYTES)
+    }
+
+    /// Commits `writes` here and now if they are small and the database is free; `None` sends
+    /// them to the thread.
+    fn commit_in_place(&self, writes: &[Write]) -> Option<Vec<Result<Applied, StoreError>>> {
+        if !self.in_place(writes) {
             return None;
         }
         let mut shared = lock(&self.shared);
@@ -138,6 +144,17 @@ impl Commit for Committer {
         outcomes
             .await
             .unwrap_or_else(|_| (0..count).map(|_| Err(StoreError::Closed)).collect())
+    }
+
+    /// A batch committed in place holds up the runtime thread, so it goes in two parts; one
+    /// committed on the thread does not (and with `--synchronous-full` each part would cost an
+    /// fsync).
+    fn first_part(&self, writes: &[Write]) -> usize {
+        if self.in_place(writes) {
+            writer::half(writes.len())
+        } else {
+            writes.len()
+        }
     }
 
     async fn close(self) {

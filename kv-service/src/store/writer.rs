@@ -136,8 +136,9 @@ impl Writer {
         self.write_within(write, None)
     }
 
-    /// Queues `write` at once, to be committed only if its batch starts before `deadline`;
-    /// the future waits for its commit and, once committed, reports it committed, however late.
+    /// Queues `write` at once, to be committed only if its batch starts before `deadline` (a
+    /// batch committed in two parts is taken, and its deadlines checked, once); the future
+    /// waits for its commit and, once committed, reports it committed, however late.
     ///
     /// Not an `async fn`: queueing happens here, synchronously, so the future holds little more
     /// than the receiver of the outcome. Request futures hold this one, and the runtime moves

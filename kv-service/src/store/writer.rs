@@ -94,13 +94,13 @@ pub(crate) trait Commit: Send + 'static {
     fn close(self) -> impl Future<Output = ()> + Send;
 }
 
-/// Fewest writes worth a commit of their own: below it, splitting a batch saves its callers
-/// less time than the second commit costs (a commit's fixed part, ~7,500 instructions on
-/// SQLite, is about half a set's upsert).
+/// Smallest first part: a batch of up to this many writes is committed whole, because
+/// answering fewer callers early saves less than the second commit costs (a commit's fixed
+/// part, ~7,500 instructions on SQLite, is more than half a set's upsert).
 pub(crate) const MIN_PART: usize = 8;
 
 /// [`Commit::first_part`] for a backend that splits: half the batch (rounded up), at least
-/// [`MIN_PART`], so a batch is committed in two parts at most.
+/// [`MIN_PART`], so a batch is committed in two parts at most (the second may be smaller).
 pub(crate) fn half(writes: usize) -> usize {
     writes.div_ceil(2).max(MIN_PART).min(writes)
 }

@@ -104,21 +104,10 @@ impl Committer {
         })
     }
 
-    /// Whether `writes` are committed in place (unless the database is locked): small sets,
-    /// deletes and probes, and not with `--synchronous-full`.
-    fn in_place(&self, writes: &[Write]) -> bool {
-        let small = writes.iter().try_fold(0_usize, |bytes, write| match write {
-            Write::Set { value, .. } => Some(bytes + value.get().len()),
-            Write::Delete { .. } | Write::Probe => Some(bytes),
-            Write::Purge | Write::Import(_) => None,
-        });
-        self.inline && small.is_some_and(|bytes| bytes <= INLINE_BYTES)
-    }
-
     /// Commits `writes` here and now if they are small and the database is free; `None` sends
     /// them to the thread.
     fn commit_in_place(&self, writes: &[Write]) -> Option<Vec<Result<Applied, StoreError>>> {
-        if !self.in_place(writes) {
+        if !in_place(self.inline, writes) {
             return None;
         }
         let mut shared = lock(&self.shared);
@@ -146,20 +135,35 @@ impl Commit for Committer {
             .unwrap_or_else(|_| (0..count).map(|_| Err(StoreError::Closed)).collect())
     }
 
-    /// A batch committed in place holds up the runtime thread, so it goes in two parts; one
-    /// committed on the thread does not (and with `--synchronous-full` each part would cost an
-    /// fsync).
     fn first_part(&self, writes: &[Write]) -> usize {
-        if self.in_place(writes) {
-            writer::half(writes.len())
-        } else {
-            writes.len()
-        }
+        first_part(self.inline, writes)
     }
 
     async fn close(self) {
         drop(self.jobs);
         let _ = self.finished.await;
+    }
+}
+
+/// Whether `writes` are committed in place (unless the database is locked): small sets,
+/// deletes and probes, and only when `inline` (not with `--synchronous-full`).
+fn in_place(inline: bool, writes: &[Write]) -> bool {
+    let small = writes.iter().try_fold(0_usize, |bytes, write| match write {
+        Write::Set { value, .. } => Some(bytes + value.get().len()),
+        Write::Delete { .. } | Write::Probe => Some(bytes),
+        Write::Purge | Write::Import(_) => None,
+    });
+    inline && small.is_some_and(|bytes| bytes <= INLINE_BYTES)
+}
+
+/// [`Commit::first_part`] for SQLite: a batch committed in place holds up the runtime thread,
+/// so it goes in two parts; one committed on the thread does not (and with
+/// `--synchronous-full` each part would cost an fsync).
+fn first_part(inline: bool, writes: &[Write]) -> usize {
+    if in_place(inline, writes) {
+        writer::half(writes.len())
+    } else {
+        writes.len()
     }
 }
 
@@ -613,6 +617,23 @@ mod tests {
             plugin: "p".into(),
             key: key.into(),
         }
+    }
+
+    #[test]
+    fn only_a_batch_committed_in_place_is_split() {
+        let sets: Vec<Write> = (0..20).map(|i| set(&format!("k{i}"), "1")).collect();
+        assert_eq!(first_part(true, &sets), 10);
+        // `--synchronous-full`: every commit on the thread, each part an fsync.
+        assert_eq!(first_part(false, &sets), 20);
+        let mut with_purge: Vec<Write> = (0..19).map(|i| delete(&format!("k{i}"))).collect();
+        with_purge.push(Write::Purge);
+        assert_eq!(first_part(true, &with_purge), 20);
+        // Past INLINE_BYTES of values the batch goes to the thread.
+        let big = format!("\"{}\"", "x".repeat(INLINE_BYTES / 16));
+        let large: Vec<Write> = (0..20).map(|i| set(&format!("k{i}"), &big)).collect();
+        assert_eq!(first_part(true, &large), 20);
+        // Half of them fits: in place, split.
+        assert_eq!(first_part(true, &large[..10]), 8);
     }
 
     fn rows(db: &Connection) -> Vec<(String, String)> {

@@ -12,7 +12,8 @@
 //! wake-ups, ~50 µs a batch measured beside ~80 µs of commit: group commit waits on exactly
 //! that). Everything that could hold the runtime up goes to the thread: large batches, purges,
 //! imports, every commit with `--synchronous-full` (an fsync each), and a batch that found the
-//! database locked by another process (the thread waits for the lock, up to the busy timeout).
+//! database locked by another connection (another process, or the background checkpoint
+//! restarting the log: the thread waits for the lock, up to the busy timeout).
 //! Either way the mirror is updated before anyone hears of the commit, so a read sees exactly
 //! the committed state.
 
@@ -34,9 +35,25 @@ use super::{Clock, PURGE_CHUNK};
 /// WAL frames (a 2 KB page per 2 KB) to hold the runtime up noticeably, and the thread does it.
 pub(super) const INLINE_BYTES: usize = 256 * 1024;
 
-/// How long a commit on the thread waits for a lock another process holds before it fails
+/// How long a commit on the thread waits for a lock another connection holds before it fails
 /// (commits in place never wait: they go to the thread instead).
 pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How often a commit on the thread tries a locked database again. SQLite's own busy handler
+/// sleeps 1, 2, 5, 10 ms and more between tries; the lock it meets is mostly the background
+/// checkpoint's RESTART, held for a few milliseconds, and every queued write waits for this
+/// commit, so it looks again soon after the lock is free rather than up to 5 ms later.
+const BUSY_RETRY: Duration = Duration::from_micros(200);
+
+/// The thread's busy handler: sleep [`BUSY_RETRY`] and try again, for about [`BUSY_TIMEOUT`].
+fn retry_soon(tries: i32) -> bool {
+    let waited = BUSY_RETRY.saturating_mul(u32::try_from(tries).unwrap_or(0));
+    if waited >= BUSY_TIMEOUT {
+        return false;
+    }
+    std::thread::sleep(BUSY_RETRY);
+    true
+}
 
 /// One batch for the thread, and where its outcomes go.
 struct Job {
@@ -294,11 +311,11 @@ impl Session<'_> {
         wait: Wait,
     ) -> Option<Vec<Result<Applied, StoreError>>> {
         if wait == Wait::Yes {
-            let _ = self.db.busy_timeout(BUSY_TIMEOUT);
+            let _ = self.db.busy_handler(Some(retry_soon));
         }
         let outcome = self.transaction(writes, now);
         if wait == Wait::Yes {
-            let _ = self.db.busy_timeout(Duration::ZERO);
+            let _ = self.db.busy_handler(None);
         }
         match outcome {
             Ok(outcomes) => {
@@ -778,6 +795,40 @@ mod tests {
             [Some(0)],
             "serves again once the database does"
         );
+    }
+
+    /// Another connection holding the write lock for a few milliseconds (as the background
+    /// checkpoint's RESTART does): a commit on the thread waits and commits once it is free;
+    /// the handler gives up after about BUSY_TIMEOUT.
+    #[test]
+    fn a_commit_on_the_thread_waits_for_a_short_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kv.db");
+        let mut bench = Bench::new();
+        bench.db = Connection::open(&path).unwrap();
+        bench.db.execute_batch("PRAGMA journal_mode = WAL").unwrap();
+        migrate(&bench.db);
+        bench.db.busy_timeout(Duration::ZERO).unwrap();
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let held = Duration::from_millis(30);
+        let holder = std::thread::spawn(move || {
+            std::thread::sleep(held);
+            other.execute_batch("COMMIT").unwrap();
+        });
+        let started = std::time::Instant::now();
+        let done = bench.commit(vec![set("a", "1")], Wait::Yes).unwrap();
+        let waited = started.elapsed();
+        holder.join().unwrap();
+        assert_eq!(outcomes(&done), [Some(0)]);
+        assert!(waited >= held, "{waited:?}");
+        assert!(waited < BUSY_TIMEOUT, "{waited:?}");
+        assert_eq!(rows(&bench.db), [("a".into(), "1".into())]);
+        // The handler itself: tries again until about BUSY_TIMEOUT has passed.
+        assert!(retry_soon(0));
+        let tries_in_timeout = BUSY_TIMEOUT.as_micros() / BUSY_RETRY.as_micros();
+        assert!(retry_soon(i32::try_from(tries_in_timeout).unwrap() - 1));
+        assert!(!retry_soon(i32::try_from(tries_in_timeout).unwrap()));
     }
 
     /// Another process holding the write lock: a commit in place gives the batch back at once,

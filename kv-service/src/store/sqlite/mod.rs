@@ -102,10 +102,11 @@ impl Sqlite {
         setup.close().await;
         let id = id.ok_or(StoreError::NoIdentity)?;
         // Checkpoints run in the background (below), so the writer's own automatic one is only
-        // a backstop.
+        // a backstop, for a log that grows faster than the checkpointer restarts it (see
+        // RESTART_FRAMES); it bounds the log file.
         let mut writer = base
             .clone()
-            .pragma("wal_autocheckpoint", "20000")
+            .pragma("wal_autocheckpoint", WRITER_AUTOCHECKPOINT_FRAMES)
             .connect()
             .await?;
         // SQLite falls back to opening read-only when it cannot write (a read-only file system,
@@ -121,7 +122,12 @@ impl Sqlite {
             .await;
         writer.execute("ROLLBACK").await?;
         probe.map_err(StoreError::NotWritable)?;
-        let checkpointer = tokio::spawn(checkpoint_forever(base.clone().connect().await?));
+        let checkpointer = tokio::spawn(checkpoint_forever(
+            base.clone()
+                .busy_timeout(RESTART_BUSY_TIMEOUT)
+                .connect()
+                .await?,
+        ));
         let reads = SqlitePoolOptions::new()
             .max_connections(options.read_connections.max(1))
             .min_connections(1)
@@ -373,18 +379,80 @@ fn split_id(id: &[u8]) -> Result<(&str, &str), StoreError> {
 /// How often committed WAL frames are copied into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
+/// The write connection's `wal_autocheckpoint`, in frames: ~40 MB of log with 2 KB pages.
+/// Raised past what the fastest sets gather between two ticks (~27,000 frames), it kept the
+/// runtime thread free at every rate but let the log file grow to 120 MB under 60 KB sets,
+/// whose long commits on the writer thread make RESTART give up; so it stays.
+const WRITER_AUTOCHECKPOINT_FRAMES: &str = "20000";
+
+/// WAL frames past which a background checkpoint also restarts the log.
+///
+/// Under steady writes a PASSIVE checkpoint never catches up: frames keep arriving while it
+/// copies, so the log is never found fully copied and never starts over. It then grew until the
+/// writer's own `wal_autocheckpoint` fired inside a commit, on the runtime thread: the rest of
+/// the log copied and two `fsync`s, milliseconds in which nothing was read or answered (seen
+/// with `strace -k` under the kv bench's sets, once every 20,000 frames, the backstop's
+/// limit). A RESTART right after the PASSIVE pass copies only what arrived meanwhile and makes
+/// the next commit start the log over. It holds the write lock while it runs, so a commit in
+/// place finds the database busy and goes to the writer thread, which waits for it: the
+/// runtime thread does not. Only writes that gather more than the backstop's frames between
+/// two ticks (40,000 frames a second and more) still reach it.
+const RESTART_FRAMES: i64 = 4096;
+
+/// How long the checkpointer's RESTART waits for the writer's transaction, then for readers
+/// still using the log, before it gives up until the next tick. Short: it holds the write lock
+/// while it waits for readers, and a commit waits at most [`commit::BUSY_TIMEOUT`] for it.
+const RESTART_BUSY_TIMEOUT: Duration = Duration::from_millis(100);
+
 /// Copies committed WAL frames into the database file from a connection of its own, so the
-/// writer never pays for a checkpoint (and its `fsync`) inside a commit. PASSIVE never blocks
-/// the writer or readers.
+/// writer never pays for a checkpoint (and its `fsync`s) inside a commit.
 async fn checkpoint_forever(mut conn: SqliteConnection) {
     let mut ticker = tokio::time::interval(CHECKPOINT_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        if let Err(err) = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").await {
+        if let Err(err) = checkpoint(&mut conn).await {
             tracing::warn!(%err, "background checkpoint failed; retrying");
         }
     }
+}
+
+/// Frames in the log and frames copied, as a checkpoint reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Checkpointed {
+    /// Whether the checkpoint could not finish (a RESTART that gave up waiting).
+    busy: bool,
+    log: i64,
+    copied: i64,
+}
+
+/// One background checkpoint: PASSIVE, which never blocks the writer or readers; then, when the
+/// log has grown past [`RESTART_FRAMES`], RESTART (see there). Returns what the last one
+/// reported.
+async fn checkpoint(conn: &mut SqliteConnection) -> Result<Checkpointed, sqlx::Error> {
+    let passive = run_checkpoint(conn, "PRAGMA wal_checkpoint(PASSIVE)").await?;
+    if passive.log < RESTART_FRAMES {
+        return Ok(passive);
+    }
+    let restart = run_checkpoint(conn, "PRAGMA wal_checkpoint(RESTART)").await?;
+    if restart.busy {
+        // A reader kept its snapshot past the wait: the log goes on growing until a later
+        // tick (or, at `wal_autocheckpoint`, the writer's own checkpoint).
+        tracing::debug!(frames = restart.log, "a reader held the log: not restarted");
+    }
+    Ok(restart)
+}
+
+async fn run_checkpoint(
+    conn: &mut SqliteConnection,
+    pragma: &'static str,
+) -> Result<Checkpointed, sqlx::Error> {
+    let (busy, log, copied): (i64, i64, i64) = sqlx::query_as(pragma).fetch_one(conn).await?;
+    Ok(Checkpointed {
+        busy: busy != 0,
+        log,
+        copied,
+    })
 }
 
 #[cfg(test)]
@@ -436,6 +504,115 @@ mod tests {
             .fetch_one(reads(store))
             .await
             .expect("page size")
+    }
+
+    /// A WAL database on a fresh file, with the store's page size, and the writer's own
+    /// automatic checkpoint off (so only `checkpoint` copies frames).
+    async fn wal_database(dir: &tempfile::TempDir) -> (SqliteConnectOptions, SqliteConnection) {
+        let options = SqliteConnectOptions::from_str(&url_in(dir, "wal.db"))
+            .unwrap()
+            .journal_mode(SqliteJournalMode::Wal)
+            .page_size(PAGE_SIZE)
+            .create_if_missing(true);
+        let mut writer = options
+            .clone()
+            .pragma("wal_autocheckpoint", "0")
+            .connect()
+            .await
+            .unwrap();
+        writer.execute("CREATE TABLE t (v BLOB)").await.unwrap();
+        (options, writer)
+    }
+
+    /// Appends `rows` rows of 1,500 bytes: a 2 KB page, so a WAL frame, each.
+    async fn append(writer: &mut SqliteConnection, rows: i64) {
+        sqlx::query(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) \
+             INSERT INTO t SELECT zeroblob(1500) FROM n",
+        )
+        .bind(rows)
+        .execute(writer)
+        .await
+        .unwrap();
+    }
+
+    /// A reader inside a read transaction: its snapshot keeps a checkpoint from copying the
+    /// frames committed after it started (as frames committed while a checkpoint copies do).
+    async fn pinning_reader(options: &SqliteConnectOptions) -> SqliteConnection {
+        let mut reader = options.connect().await.unwrap();
+        reader.execute("BEGIN").await.unwrap();
+        let _: i64 = sqlx::query_scalar("SELECT count(*) FROM t")
+            .fetch_one(&mut reader)
+            .await
+            .unwrap();
+        reader
+    }
+
+    /// The log grown past RESTART_FRAMES and not fully copied by the PASSIVE pass (here a
+    /// reader's snapshot stops it short, as steady writes do): the RESTART copies the rest once
+    /// the reader is gone, and the next commit starts the log over. With PASSIVE alone the log
+    /// would only grow.
+    #[tokio::test]
+    async fn a_grown_log_is_restarted_though_the_first_pass_fell_short() {
+        let dir = tempfile::tempdir().unwrap();
+        let (options, mut writer) = wal_database(&dir).await;
+        append(&mut writer, RESTART_FRAMES + 100).await;
+        let mut reader = pinning_reader(&options).await;
+        append(&mut writer, 50).await;
+        let mut checkpointer = options
+            .clone()
+            .busy_timeout(RESTART_BUSY_TIMEOUT)
+            .connect()
+            .await
+            .unwrap();
+        let passive = run_checkpoint(&mut checkpointer, "PRAGMA wal_checkpoint(PASSIVE)")
+            .await
+            .unwrap();
+        assert!(passive.copied < passive.log, "{passive:?}");
+        // The reader finishes while the restart waits for it.
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            reader.execute("COMMIT").await.unwrap();
+            reader
+        });
+        let done = checkpoint(&mut checkpointer).await.unwrap();
+        let _reader = release.await.unwrap();
+        assert!(!done.busy, "{done:?}");
+        assert_eq!(done.copied, done.log, "{done:?}");
+        assert!(done.log > RESTART_FRAMES, "{done:?}");
+        append(&mut writer, 1).await;
+        let after = run_checkpoint(&mut checkpointer, "PRAGMA wal_checkpoint(PASSIVE)")
+            .await
+            .unwrap();
+        assert!(after.log < 10, "the log started over: {after:?}");
+    }
+
+    /// A reader that stays: the RESTART gives up after its short wait, reports it, and leaves
+    /// the write lock free.
+    #[tokio::test]
+    async fn a_restart_gives_up_on_a_reader_that_stays_and_frees_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (options, mut writer) = wal_database(&dir).await;
+        append(&mut writer, RESTART_FRAMES + 100).await;
+        let _reader = pinning_reader(&options).await;
+        append(&mut writer, 50).await;
+        let mut checkpointer = options
+            .clone()
+            .busy_timeout(RESTART_BUSY_TIMEOUT)
+            .connect()
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        let done = checkpoint(&mut checkpointer).await.unwrap();
+        assert!(done.busy, "{done:?}");
+        assert!(done.copied < done.log, "{done:?}");
+        assert!(
+            started.elapsed() < commit::BUSY_TIMEOUT,
+            "{:?}",
+            started.elapsed()
+        );
+        writer.execute("PRAGMA busy_timeout = 0").await.unwrap();
+        append(&mut writer, 1).await;
     }
 
     #[test]

@@ -420,7 +420,8 @@ async fn checkpoint_forever(mut conn: SqliteConnection) {
 /// Frames in the log and frames copied, as a checkpoint reports them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Checkpointed {
-    /// Whether the checkpoint could not finish (a RESTART that gave up waiting).
+    /// Whether the checkpoint could not finish (a RESTART that gave up waiting for the write
+    /// lock or for readers).
     busy: bool,
     log: i64,
     copied: i64,
@@ -436,9 +437,10 @@ async fn checkpoint(conn: &mut SqliteConnection) -> Result<Checkpointed, sqlx::E
     }
     let restart = run_checkpoint(conn, "PRAGMA wal_checkpoint(RESTART)").await?;
     if restart.busy {
-        // A reader kept its snapshot past the wait: the log goes on growing until a later
-        // tick (or, at `wal_autocheckpoint`, the writer's own checkpoint).
-        tracing::debug!(frames = restart.log, "a reader held the log: not restarted");
+        // A reader kept its snapshot, or a long commit the write lock, past the wait: the log
+        // goes on growing until a later tick (or, at `wal_autocheckpoint`, the writer's own
+        // checkpoint).
+        tracing::debug!(frames = restart.log, "log in use: not restarted this time");
     }
     Ok(restart)
 }

@@ -10,7 +10,8 @@
 //!   default), set = mirror off (every read goes to SQLite).
 //!
 //! Oracle (a failed assert is a crash libFuzzer reports):
-//! - the reply payload is JSON without duplicate members, and exactly one envelope of the
+//! - the reply payload is JSON without duplicate members (except inside a stored value, which
+//!   is echoed as it was set: see [`reply_json`]), and exactly one envelope of the
 //!   contract (docs/NATS_SUBJECTS.md): `{"success":true,"data":..}` matching the endpoint's
 //!   published success schema, or `{"success":false,"error":{"code":..,"message":..}}` with a
 //!   code from the endpoint's catalogue and a message of the documented form;
@@ -319,7 +320,7 @@ fn check_envelope(target: &Target, reply: &Reply, payload: &[u8]) -> bool {
     let body = reply.payload();
     let text = std::str::from_utf8(&body)
         .unwrap_or_else(|err| fail(target, payload, &format!("reply is not UTF-8: {err}")));
-    let envelope = strict_json(text).unwrap_or_else(|err| {
+    let envelope = reply_json(text).unwrap_or_else(|err| {
         fail(
             target,
             payload,
@@ -543,10 +544,25 @@ fn parse_request(target: &Target, payload: &[u8]) -> Option<(String, String, Map
     Some((plugin, key, request))
 }
 
+/// Parses a reply: duplicate members refused wherever kv-service writes the JSON itself, kept
+/// (the last one wins, as serde_json does) inside a get's `data.value`. That is a stored value,
+/// echoed as it was set, and the contract keeps a value's repeated names
+/// (docs/NATS_SUBJECTS.md: `{"a":1,"a":2}` comes back exactly so): an earlier input may have
+/// stored one, and any later get of its key returns it.
+fn reply_json(text: &str) -> Result<Value, String> {
+    strict_json_except(text, &["data", "value"])
+}
+
 /// Parses JSON refusing duplicate members, at any depth: each level is parsed on its own, with
 /// the members below captured raw (serde_json's recursion limit counts one level, so a reply
 /// nesting a stored value deeper than 128 still parses).
 fn strict_json(text: &str) -> Result<Value, String> {
+    strict_json_except(text, &[])
+}
+
+/// [`strict_json`], except the member at `echoed` (a path of member names from the top; empty
+/// for none), which is parsed as serde_json parses it.
+fn strict_json_except(text: &str, echoed: &[&str]) -> Result<Value, String> {
     match text
         .trim_start_matches([' ', '\t', '\n', '\r'])
         .as_bytes()
@@ -559,7 +575,14 @@ fn strict_json(text: &str) -> Result<Value, String> {
                 if object.contains_key(&name) {
                     return Err(format!("duplicate member {name:?}"));
                 }
-                object.insert(name, strict_json(raw.get())?);
+                let value = match echoed {
+                    [last] if *last == name => {
+                        serde_json::from_str(raw.get()).map_err(|err| err.to_string())?
+                    }
+                    [next, rest @ ..] if *next == name => strict_json_except(raw.get(), rest)?,
+                    _ => strict_json(raw.get())?,
+                };
+                object.insert(name, value);
             }
             Ok(Value::Object(object))
         }

@@ -797,12 +797,9 @@ mod tests {
         );
     }
 
-    /// Another connection holding the write lock for a few milliseconds (as the background
-    /// checkpoint's RESTART does): a commit on the thread waits and commits once it is free;
-    /// the handler gives up after about BUSY_TIMEOUT.
-    #[test]
-    fn a_commit_on_the_thread_waits_for_a_short_lock() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A bench on a WAL file in `dir`, set up as the write connection is, and a second
+    /// connection holding the file's write lock (in `BEGIN IMMEDIATE`; `COMMIT` frees it).
+    fn locked_elsewhere(dir: &tempfile::TempDir) -> (Bench, Connection) {
         let path = dir.path().join("kv.db");
         let mut bench = Bench::new();
         bench.db = Connection::open(&path).unwrap();
@@ -811,6 +808,16 @@ mod tests {
         bench.db.busy_timeout(Duration::ZERO).unwrap();
         let other = Connection::open(&path).unwrap();
         other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        (bench, other)
+    }
+
+    /// Another connection holding the write lock for a few milliseconds (as the background
+    /// checkpoint's RESTART does): a commit on the thread waits and commits once it is free;
+    /// the handler gives up after about BUSY_TIMEOUT.
+    #[test]
+    fn a_commit_on_the_thread_waits_for_a_short_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut bench, other) = locked_elsewhere(&dir);
         let held = Duration::from_millis(30);
         let holder = std::thread::spawn(move || {
             std::thread::sleep(held);
@@ -836,14 +843,7 @@ mod tests {
     #[test]
     fn a_locked_database_sends_the_batch_on_without_waiting() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("kv.db");
-        let mut bench = Bench::new();
-        bench.db = Connection::open(&path).unwrap();
-        bench.db.execute_batch("PRAGMA journal_mode = WAL").unwrap();
-        migrate(&bench.db);
-        bench.db.busy_timeout(Duration::ZERO).unwrap();
-        let other = Connection::open(&path).unwrap();
-        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let (mut bench, other) = locked_elsewhere(&dir);
         let started = std::time::Instant::now();
         assert!(
             bench

@@ -122,12 +122,7 @@ impl Sqlite {
             .await;
         writer.execute("ROLLBACK").await?;
         probe.map_err(StoreError::NotWritable)?;
-        let checkpointer = tokio::spawn(checkpoint_forever(
-            base.clone()
-                .busy_timeout(RESTART_BUSY_TIMEOUT)
-                .connect()
-                .await?,
-        ));
+        let checkpointer = tokio::spawn(checkpoint_forever(connect_checkpointer(&base).await?));
         let reads = SqlitePoolOptions::new()
             .max_connections(options.read_connections.max(1))
             .min_connections(1)
@@ -404,6 +399,20 @@ const RESTART_FRAMES: i64 = 4096;
 /// while it waits for readers, and a commit waits at most [`commit::BUSY_TIMEOUT`] for it.
 const RESTART_BUSY_TIMEOUT: Duration = Duration::from_millis(100);
 
+/// The checkpointer's own connection: the store's options, with the RESTART's short wait.
+async fn connect_checkpointer(
+    options: &SqliteConnectOptions,
+) -> Result<SqliteConnection, sqlx::Error> {
+    options
+        .clone()
+        .busy_timeout(RESTART_BUSY_TIMEOUT)
+        .connect()
+        .await
+}
+
+const PASSIVE: &str = "PRAGMA wal_checkpoint(PASSIVE)";
+const RESTART: &str = "PRAGMA wal_checkpoint(RESTART)";
+
 /// Copies committed WAL frames into the database file from a connection of its own, so the
 /// writer never pays for a checkpoint (and its `fsync`s) inside a commit.
 async fn checkpoint_forever(mut conn: SqliteConnection) {
@@ -431,11 +440,11 @@ struct Checkpointed {
 /// log has grown past [`RESTART_FRAMES`], RESTART (see there). Returns what the last one
 /// reported.
 async fn checkpoint(conn: &mut SqliteConnection) -> Result<Checkpointed, sqlx::Error> {
-    let passive = run_checkpoint(conn, "PRAGMA wal_checkpoint(PASSIVE)").await?;
+    let passive = run_checkpoint(conn, PASSIVE).await?;
     if passive.log < RESTART_FRAMES {
         return Ok(passive);
     }
-    let restart = run_checkpoint(conn, "PRAGMA wal_checkpoint(RESTART)").await?;
+    let restart = run_checkpoint(conn, RESTART).await?;
     if restart.busy {
         // A reader kept its snapshot, or a long commit the write lock, past the wait: the log
         // goes on growing until a later tick (or, at `wal_autocheckpoint`, the writer's own
@@ -550,26 +559,30 @@ mod tests {
         reader
     }
 
-    /// The log grown past RESTART_FRAMES and not fully copied by the PASSIVE pass (here a
-    /// reader's snapshot stops it short, as steady writes do): the RESTART copies the rest once
-    /// the reader is gone, and the next commit starts the log over. With PASSIVE alone the log
-    /// would only grow.
+    /// A log of `frames` (plus 50) frames that a PASSIVE pass cannot copy whole: a reader's
+    /// snapshot (returned, still open) stops it 50 frames short, as frames committed during the
+    /// copy do under steady writes. Also the writer and the checkpointer's connection.
+    async fn log_held_short(
+        dir: &tempfile::TempDir,
+        frames: i64,
+    ) -> (SqliteConnection, SqliteConnection, SqliteConnection) {
+        let (options, mut writer) = wal_database(dir).await;
+        append(&mut writer, frames).await;
+        let reader = pinning_reader(&options).await;
+        append(&mut writer, 50).await;
+        let checkpointer = connect_checkpointer(&options).await.unwrap();
+        (writer, reader, checkpointer)
+    }
+
+    /// The log grown past RESTART_FRAMES and not fully copied by the PASSIVE pass: the RESTART
+    /// copies the rest once the reader is gone, and the next commit starts the log over. With
+    /// PASSIVE alone the log would only grow.
     #[tokio::test]
     async fn a_grown_log_is_restarted_though_the_first_pass_fell_short() {
         let dir = tempfile::tempdir().unwrap();
-        let (options, mut writer) = wal_database(&dir).await;
-        append(&mut writer, RESTART_FRAMES + 100).await;
-        let mut reader = pinning_reader(&options).await;
-        append(&mut writer, 50).await;
-        let mut checkpointer = options
-            .clone()
-            .busy_timeout(RESTART_BUSY_TIMEOUT)
-            .connect()
-            .await
-            .unwrap();
-        let passive = run_checkpoint(&mut checkpointer, "PRAGMA wal_checkpoint(PASSIVE)")
-            .await
-            .unwrap();
+        let (mut writer, mut reader, mut checkpointer) =
+            log_held_short(&dir, RESTART_FRAMES + 100).await;
+        let passive = run_checkpoint(&mut checkpointer, PASSIVE).await.unwrap();
         assert!(passive.copied < passive.log, "{passive:?}");
         // The reader finishes while the restart waits for it.
         let release = tokio::spawn(async move {
@@ -583,9 +596,7 @@ mod tests {
         assert_eq!(done.copied, done.log, "{done:?}");
         assert!(done.log > RESTART_FRAMES, "{done:?}");
         append(&mut writer, 1).await;
-        let after = run_checkpoint(&mut checkpointer, "PRAGMA wal_checkpoint(PASSIVE)")
-            .await
-            .unwrap();
+        let after = run_checkpoint(&mut checkpointer, PASSIVE).await.unwrap();
         assert!(after.log < 10, "the log started over: {after:?}");
     }
 
@@ -594,22 +605,33 @@ mod tests {
     #[tokio::test]
     async fn a_restart_gives_up_on_a_reader_that_stays_and_frees_the_writer() {
         let dir = tempfile::tempdir().unwrap();
-        let (options, mut writer) = wal_database(&dir).await;
-        append(&mut writer, RESTART_FRAMES + 100).await;
-        let _reader = pinning_reader(&options).await;
-        append(&mut writer, 50).await;
-        let mut checkpointer = options
-            .clone()
-            .busy_timeout(RESTART_BUSY_TIMEOUT)
-            .connect()
-            .await
-            .unwrap();
+        let (mut writer, _reader, mut checkpointer) =
+            log_held_short(&dir, RESTART_FRAMES + 100).await;
         let started = std::time::Instant::now();
         let done = checkpoint(&mut checkpointer).await.unwrap();
         assert!(done.busy, "{done:?}");
         assert!(done.copied < done.log, "{done:?}");
         assert!(
             started.elapsed() < commit::BUSY_TIMEOUT,
+            "{:?}",
+            started.elapsed()
+        );
+        writer.execute("PRAGMA busy_timeout = 0").await.unwrap();
+        append(&mut writer, 1).await;
+    }
+
+    /// A log short of RESTART_FRAMES is only copied (PASSIVE): the checkpointer neither takes
+    /// the write lock nor waits for the reader, however long the reader stays.
+    #[tokio::test]
+    async fn a_short_log_is_copied_without_waiting_for_anyone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut writer, _reader, mut checkpointer) = log_held_short(&dir, 100).await;
+        let started = std::time::Instant::now();
+        let done = checkpoint(&mut checkpointer).await.unwrap();
+        assert!(!done.busy, "{done:?}");
+        assert!(done.copied < done.log, "{done:?}");
+        assert!(
+            started.elapsed() < RESTART_BUSY_TIMEOUT,
             "{:?}",
             started.elapsed()
         );

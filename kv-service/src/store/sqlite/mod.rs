@@ -377,7 +377,8 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 /// The write connection's `wal_autocheckpoint`, in frames: ~40 MB of log with 2 KB pages.
 /// Raised past what the fastest sets gather between two ticks (~27,000 frames), it kept the
 /// runtime thread free at every rate but let the log file grow to 120 MB under 60 KB sets,
-/// whose long commits on the writer thread make RESTART give up; so it stays.
+/// whose long commits on the writer thread make RESTART give up; so it stays. Nor did sets run
+/// faster for it, at 64 in flight where this limit is still met (README, benchmarks).
 const WRITER_AUTOCHECKPOINT_FRAMES: &str = "20000";
 
 /// WAL frames past which a background checkpoint also restarts the log.

@@ -133,6 +133,45 @@ async fn purge_removes_only_expired_rows() {
     }
 }
 
+/// A listing holds at most `limit` keys and is `truncated` exactly when more live keys match:
+/// not when the matches fill the limit exactly, and not for expired rows, other prefixes or
+/// other plugins beyond it. On every backend (the file's range query included, which the
+/// contract tests, run on the mirror, do not reach).
+#[tokio::test]
+async fn a_listing_is_truncated_exactly_when_more_live_keys_match() {
+    for kind in EVERY_KIND {
+        let kv = Fixture::open(kind).await;
+        let store = &kv.store;
+        for key in ["a0", "a1", "a2", "a3", "a4", "b0"] {
+            store.set("p", key, json("1"), None).await.unwrap();
+        }
+        store.set("q", "a5", json("1"), None).await.unwrap();
+        for key in ["a25", "a9"] {
+            store.set("p", key, json("1"), Some(1)).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let listed = |limit| async move {
+            let listing = store.list("p", "a", limit).await.unwrap();
+            (listing.key_strs(), listing.truncated)
+        };
+        let live = |count: usize| -> Vec<String> {
+            ["a0", "a1", "a2", "a3", "a4"][..count]
+                .iter()
+                .map(|key| key.to_string())
+                .collect()
+        };
+        assert_eq!(listed(3).await, (live(3), true), "{kind:?}");
+        assert_eq!(listed(4).await, (live(4), true), "{kind:?}");
+        assert_eq!(listed(5).await, (live(5), false), "{kind:?}: filled exactly");
+        assert_eq!(listed(6).await, (live(5), false), "{kind:?}");
+        assert!(
+            store.list("p", "", 5).await.unwrap().truncated,
+            "{kind:?}: b0 matches the empty prefix"
+        );
+        kv.store.close().await;
+    }
+}
+
 /// The same writes, batched or not, leave the same state and report the same results as one
 /// by one: on PostgreSQL the batch below is three statements (a key may not repeat in one).
 #[tokio::test]

@@ -6,6 +6,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::Reply;
 use common::process::{Running, ready};
 use serde_json::{Value, json};
 use test_support::NatsServer;
@@ -103,7 +104,7 @@ async fn a_burst_of_5000_in_flight_gets_a_reply_for_every_request() {
             )
             .await;
             match reply {
-                Ok(Ok(reply)) => serde_json::from_slice::<Value>(&reply.payload).unwrap(),
+                Ok(Ok(reply)) => Reply::checked(&reply),
                 Ok(Err(err)) => json!({"request failed": err.to_string()}),
                 Err(_) => json!("timed out"),
             }
@@ -251,10 +252,7 @@ async fn timed_set(
     .await
     .expect("a reply")
     .unwrap();
-    (
-        serde_json::from_slice(&reply.payload).unwrap(),
-        started.elapsed(),
-    )
+    (Reply::checked(&reply), started.elapsed())
 }
 
 fn timeout_reply(ms: u64) -> Value {

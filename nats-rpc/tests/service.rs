@@ -415,12 +415,20 @@ async fn past_the_in_flight_bound_replies_overloaded_at_once() {
     let started = Instant::now();
     let reply = f.raw("test.echo", br#"{"text":"more"}"#).await;
     assert!(started.elapsed() < Duration::from_secs(1));
+    let message = "Service overloaded: 2 requests already in flight, retry later";
     assert_eq!(
         serde_json::from_slice::<Value>(&reply.payload).unwrap(),
-        failure(
-            "OVERLOADED",
-            "Service overloaded: 2 requests already in flight, retry later"
-        )
+        failure("OVERLOADED", message)
+    );
+    let headers = reply.headers.expect("error replies carry headers");
+    let header = |name| headers.get(name).map(|v| v.as_str());
+    assert_eq!(
+        (
+            header("Nats-Service-Error"),
+            header("Nats-Service-Error-Code"),
+            header("Rpc-Error-Code")
+        ),
+        (Some(message), Some("503"), Some("OVERLOADED"))
     );
     for request in pending {
         let reply = request.await.unwrap().unwrap();

@@ -39,6 +39,52 @@ pub struct Reply {
     pub status_header: Option<String>,
 }
 
+impl Reply {
+    pub fn from_message(message: &async_nats::Message) -> Reply {
+        let header = |name: &str| {
+            message
+                .headers
+                .as_ref()
+                .and_then(|headers| headers.get(name))
+                .map(|value| value.as_str().to_owned())
+        };
+        Reply {
+            body: serde_json::from_slice(&message.payload).expect("reply is JSON"),
+            error_header: header("Nats-Service-Error"),
+            error_code_header: header("Rpc-Error-Code"),
+            status_header: header("Nats-Service-Error-Code"),
+        }
+    }
+
+    /// The body of `message`, once its headers are checked against it: none on a success; on a
+    /// failure the message, the code and the code's status (`status_of`).
+    pub fn checked(message: &async_nats::Message) -> Value {
+        let reply = Reply::from_message(message);
+        if reply.body["success"] == true {
+            assert_eq!(
+                (reply.error_header, reply.error_code_header, reply.status_header),
+                (None, None, None),
+                "a success carries no error headers: {}",
+                reply.body
+            );
+        } else {
+            let error = &reply.body["error"];
+            let code = error["code"].as_str().expect("an error code");
+            assert_eq!(
+                (
+                    reply.error_header.as_deref(),
+                    reply.error_code_header.as_deref(),
+                    reply.status_header.as_deref()
+                ),
+                (error["message"].as_str(), Some(code), Some(status_of(code))),
+                "the error headers of {}",
+                reply.body
+            );
+        }
+        reply.body
+    }
+}
+
 impl Harness {
     pub async fn start(backend: Backend) -> Harness {
         Self::start_with(backend, |_| {}).await
@@ -157,19 +203,7 @@ impl Harness {
         .await
         .expect("reply within 10 s")
         .expect("request succeeds");
-        let header = |name: &str| {
-            message
-                .headers
-                .as_ref()
-                .and_then(|headers| headers.get(name))
-                .map(|value| value.as_str().to_owned())
-        };
-        Reply {
-            body: serde_json::from_slice(&message.payload).expect("reply is JSON"),
-            error_header: header("Nats-Service-Error"),
-            error_code_header: header("Rpc-Error-Code"),
-            status_header: header("Nats-Service-Error-Code"),
-        }
+        Reply::from_message(&message)
     }
 
     /// Sends a JSON body to `rosey.db.kv.<op>` and returns the reply body.
@@ -212,6 +246,7 @@ pub fn status_of(code: &str) -> &'static str {
         "VALUE_TOO_LARGE" => "413",
         "INTERNAL_ERROR" => "500",
         "OVERLOADED" => "503",
+        "TIMEOUT" => "504",
         other => panic!("no status known for {other}"),
     }
 }

@@ -6,7 +6,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::Reply;
+use common::{Locker, Reply};
 use common::process::{Running, ready};
 use serde_json::{Value, json};
 use test_support::NatsServer;
@@ -151,7 +151,6 @@ async fn a_burst_of_5000_in_flight_gets_a_reply_for_every_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_locked_database_answers_internal_error_and_recovers_when_released() {
-    use sqlx::{ConnectOptions, Connection};
     let nats = NatsServer::start();
     let service = Running::start(&nats.url());
     let client = async_nats::connect(nats.url()).await.unwrap();
@@ -171,15 +170,7 @@ async fn a_locked_database_answers_internal_error_and_recovers_when_released() {
 
     // Another process takes the write lock and keeps it.
     let path = service.dir.path().join("kv.db");
-    let mut locker = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(&path)
-        .connect()
-        .await
-        .unwrap();
-    sqlx::query("BEGIN EXCLUSIVE")
-        .execute(&mut locker)
-        .await
-        .unwrap();
+    let locker = Locker::lock(&path).await;
     let started = Instant::now();
     assert_eq!(
         set("during").await,
@@ -199,38 +190,12 @@ async fn a_locked_database_answers_internal_error_and_recovers_when_released() {
         json!({"success": true, "data": {"exists": false}})
     );
 
-    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
-    locker.close().await.unwrap();
+    locker.release().await;
     assert_eq!(set("after").await, json!({"success": true, "data": {}}));
     assert_eq!(
         call(&client, "list", json!({"plugin_name": "p"})).await,
         json!({"success": true, "data": {"keys": ["after", "before"], "count": 2, "truncated": false}})
     );
-}
-
-/// Holds the service's SQLite write lock from another process until dropped.
-struct Locker(sqlx::SqliteConnection);
-
-impl Locker {
-    async fn lock(path: &std::path::Path) -> Locker {
-        use sqlx::ConnectOptions;
-        let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(path)
-            .connect()
-            .await
-            .unwrap();
-        sqlx::query("BEGIN EXCLUSIVE")
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        Locker(conn)
-    }
-
-    async fn release(mut self) {
-        use sqlx::Connection;
-        sqlx::query("ROLLBACK").execute(&mut self.0).await.unwrap();
-        self.0.close().await.unwrap();
-    }
 }
 
 /// A set with `Rpc-Timeout-Ms: timeout_ms` (none if `None`), and when its reply came.

@@ -8,6 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use common::Locker;
 use common::process::{Running, ready};
 use serde_json::{Value, json};
 use test_support::NatsServer;
@@ -307,6 +308,67 @@ async fn metrics_count_traffic_and_healthz_follows_nats() {
     drop(service);
 }
 
+/// The purge task: a purge that fails (the database locked by another process past the
+/// writer's busy timeout) is logged and counted, the service keeps answering, and the next
+/// purge after the lock is released removes the expired key and logs how many rows it removed
+/// and how long it took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_purge_is_logged_and_retried_and_never_stops_the_service() {
+    let nats = NatsServer::start();
+    let (service, ops) = start(&nats, &[("PURGE_INTERVAL_SECS", "1")]);
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    ready(&client).await;
+    let set = |key: &str, ttl: Option<u32>| {
+        let mut body = json!({"plugin_name": "p", "key": key, "value": 1});
+        if let Some(ttl) = ttl {
+            body["ttl_seconds"] = ttl.into();
+        }
+        call(&client, "set", body)
+    };
+    assert_eq!(set("brief", Some(1)).await["success"], true);
+    assert_eq!(set("kept", None).await["success"], true);
+    let locker = Locker::lock(&service.dir.path().join("kv.db")).await;
+
+    let failed = "purge failed, retrying at the next interval";
+    assert!(
+        service.wait_for_log(failed, Duration::from_secs(10)),
+        "{}",
+        service.log()
+    );
+    let (_, samples) = ops.scrape().await;
+    assert!(value(&samples, "kv_store_purge_failures_total", &[]).unwrap() >= 1.0);
+    assert_eq!(value(&samples, "kv_store_purged_keys_total", &[]), Some(0.0));
+    // Still serving: reads answer while the lock is held.
+    assert_eq!(
+        call(&client, "get", json!({"plugin_name": "p", "key": "kept"})).await,
+        json!({"success": true, "data": {"exists": true, "value": 1}})
+    );
+
+    locker.release().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        let log = service.log();
+        let after = &log[log.find(failed).unwrap()..];
+        if let Some(line) = after
+            .lines()
+            .find(|line| line.contains("purged expired keys") && line.contains("purged=1"))
+        {
+            break line.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no purge after the lock:\n{log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(line.contains("elapsed_ms="), "{line}");
+    let (_, samples) = ops.scrape().await;
+    assert_eq!(value(&samples, "kv_store_purged_keys_total", &[]), Some(1.0));
+    assert_eq!(set("after", None).await["success"], true);
+    assert_eq!(
+        call(&client, "list", json!({"plugin_name": "p"})).await,
+        json!({"success": true, "data": {"keys": ["after", "kept"], "count": 2, "truncated": false}})
+    );
+    drop(service);
+}
+
 /// The database held locked by another process: /healthz says it cannot write (503, within
 /// its 2 s probe timeout), a queued write past its deadline is dropped and counted, a request
 /// past the in-flight bound is counted as shed; released, /healthz is 200 again.
@@ -319,18 +381,7 @@ async fn healthz_reports_an_unwritable_database_and_metrics_count_shed_work() {
     ops.wait_health(200).await;
 
     let path = service.dir.path().join("kv.db");
-    let mut locker = {
-        use sqlx::ConnectOptions;
-        sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(&path)
-            .connect()
-            .await
-            .unwrap()
-    };
-    sqlx::query("BEGIN EXCLUSIVE")
-        .execute(&mut locker)
-        .await
-        .unwrap();
+    let locker = Locker::lock(&path).await;
 
     let set = |key: &'static str, timeout_ms: &'static str| {
         let client = client.clone();
@@ -364,11 +415,7 @@ async fn healthz_reports_an_unwritable_database_and_metrics_count_shed_work() {
 
     let late = late.await.unwrap();
     assert_eq!(late["error"]["code"], "TIMEOUT", "{late}");
-    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
-    {
-        use sqlx::Connection;
-        locker.close().await.unwrap();
-    }
+    locker.release().await;
     stuck.await.unwrap();
     ops.wait_health(200).await;
 

@@ -305,3 +305,29 @@ pub fn spawn_service(config: ServeConfig) -> (oneshot::Sender<()>, JoinHandle<Re
     });
     (stop, task)
 }
+
+/// Holds a SQLite database's write lock from another connection (as another process would)
+/// until released: the service's writes wait for it, up to their busy timeout, then fail.
+pub struct Locker(sqlx::SqliteConnection);
+
+impl Locker {
+    pub async fn lock(path: &std::path::Path) -> Locker {
+        use sqlx::ConnectOptions;
+        let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(path)
+            .connect()
+            .await
+            .unwrap();
+        sqlx::query("BEGIN EXCLUSIVE")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        Locker(conn)
+    }
+
+    pub async fn release(mut self) {
+        use sqlx::Connection;
+        sqlx::query("ROLLBACK").execute(&mut self.0).await.unwrap();
+        self.0.close().await.unwrap();
+    }
+}

@@ -345,7 +345,85 @@ impl ServeConfig {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::{Cli, redact_url};
+    use clap::CommandFactory;
+
+    /// The README's configuration table: each row's cells (setting, env, flag, default), as
+    /// written.
+    fn readme_table() -> Vec<Vec<&'static str>> {
+        let readme = include_str!("../../README.md");
+        let table = readme
+            .split("| setting | env | flag | default |\n|---|---|---|---|\n")
+            .nth(1)
+            .expect("the README's configuration table");
+        table
+            .lines()
+            .take_while(|line| line.starts_with('|'))
+            .map(|line| {
+                let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+                cells[1..cells.len() - 1].to_vec()
+            })
+            .collect()
+    }
+
+    /// Each default in the README's table is the one clap applies (a switch, or an option with
+    /// no value by default, is documented as "off" or "none"), each documented flag reads the
+    /// variable the table names, and every setting a user can give is in the table.
+    #[test]
+    fn the_readme_documents_every_setting_with_its_default() {
+        let mut command = Cli::command();
+        command.build(); // applies the implicit defaults (`false` for a switch)
+        let table = readme_table();
+        let unquote = |cell: &str| cell.trim_matches('`').to_owned();
+        let mut checked = 0;
+        for row in &table {
+            let (env, flag, default) = (unquote(row[1]), unquote(row[2]), unquote(row[3]));
+            // One setting, one flag (RUST_LOG has none; the credentials rows list several).
+            if !flag.starts_with("--") || flag.contains(['`', ',', '/']) {
+                continue;
+            }
+            let arg = command
+                .get_arguments()
+                .find(|arg| arg.get_long().map(|long| format!("--{long}")) == Some(flag.clone()))
+                .unwrap_or_else(|| panic!("README documents {flag}, which kv-service lacks"));
+            assert_eq!(
+                arg.get_env().and_then(|env| env.to_str()),
+                Some(env.as_str()),
+                "{flag}"
+            );
+            let defaults: Vec<String> = arg
+                .get_default_values()
+                .iter()
+                .map(|value| value.to_string_lossy().into_owned())
+                .collect();
+            let expected: Vec<String> = if !(default.starts_with("off") || default == "none") {
+                vec![default.clone()]
+            } else if arg.get_action().takes_values() {
+                Vec::new()
+            } else {
+                vec!["false".to_owned()] // a switch
+            };
+            assert_eq!(defaults, expected, "the default of {flag}");
+            checked += 1;
+        }
+        assert!(checked >= 10, "{table:?}");
+        let documented: Vec<&str> = table
+            .iter()
+            .flat_map(|row| row[2].split('`'))
+            .filter(|word| word.starts_with("--"))
+            .collect();
+        for arg in command.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if arg.is_hide_set() || ["help", "version"].contains(&long) {
+                continue;
+            }
+            let flag = format!("--{long}");
+            assert!(
+                documented.contains(&flag.as_str()),
+                "{flag} is missing from the README's table"
+            );
+        }
+    }
 
     #[test]
     fn redact_url_hides_user_info_and_password_parameters() {

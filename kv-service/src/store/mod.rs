@@ -30,8 +30,8 @@ use serde_json::value::RawValue;
 /// A stored value: JSON text, shared without copying between the store and replies.
 pub type Value = Arc<RawValue>;
 
-/// Which database a URL names: `postgres://` and `postgresql://` are PostgreSQL, anything else
-/// SQLite.
+/// Which database a URL names: `postgres://` and `postgresql://` are PostgreSQL; `sqlite:` URLs
+/// and bare paths are SQLite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
@@ -39,12 +39,23 @@ pub enum Backend {
 }
 
 impl Backend {
-    pub(crate) fn of(url: &str) -> Backend {
-        let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
-        if scheme.eq_ignore_ascii_case("postgres") || scheme.eq_ignore_ascii_case("postgresql") {
-            Backend::Postgres
+    /// Any other `scheme://` is refused, rather than opened as a SQLite file of that name.
+    pub(crate) fn of(url: &str) -> Result<Backend, StoreError> {
+        let Some((scheme, _)) = url.split_once("://") else {
+            return Ok(Backend::Sqlite);
+        };
+        let is = |name: &str| scheme.eq_ignore_ascii_case(name);
+        if is("postgres") || is("postgresql") {
+            Ok(Backend::Postgres)
+        } else if is("sqlite") {
+            Ok(Backend::Sqlite)
         } else {
-            Backend::Sqlite
+            // Named only when it is a scheme's shape: what precedes `://` in a mistyped URL
+            // may be a password.
+            let shaped = scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+            Err(StoreError::UnsupportedScheme(
+                (shaped && !scheme.is_empty()).then(|| scheme.to_owned()),
+            ))
         }
     }
 
@@ -157,6 +168,12 @@ pub enum StoreError {
     NoSlots(sqlx::Error),
     #[error("the database has no identity row (kv_meta.store_id): was it made by kv-service?")]
     NoIdentity,
+    #[error(
+        "{} is not a database kv-service can use: give sqlite://path (a file) or \
+         postgres://user:password@host/database",
+        .0.as_ref().map_or("the URL's scheme".to_owned(), |scheme| format!("`{scheme}://`"))
+    )]
+    UnsupportedScheme(Option<String>),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -312,7 +329,7 @@ impl Store {
     /// Opens (creating if missing) the database, migrates it, reads its identity and starts the
     /// writer.
     pub async fn open(options: &StoreOptions) -> Result<Store, StoreError> {
-        Ok(match Backend::of(&options.url) {
+        Ok(match Backend::of(&options.url)? {
             Backend::Sqlite => {
                 let (store, id) = sqlite::Sqlite::open(options).await?;
                 Store {
@@ -638,10 +655,20 @@ mod tests {
     #[test]
     fn the_scheme_picks_the_backend() {
         for url in ["postgres://u@h/db", "postgresql://h/db", "POSTGRES://h/db"] {
-            assert_eq!(Backend::of(url), Backend::Postgres, "{url}");
+            assert_eq!(Backend::of(url).unwrap(), Backend::Postgres, "{url}");
         }
-        for url in ["sqlite://kv.db", "sqlite::memory:", "kv.db", "postgres.db"] {
-            assert_eq!(Backend::of(url), Backend::Sqlite, "{url}");
+        for url in ["sqlite://kv.db", "SQLite://kv.db", "sqlite::memory:", "kv.db", "postgres.db"] {
+            assert_eq!(Backend::of(url).unwrap(), Backend::Sqlite, "{url}");
         }
+        let refused = |url| Backend::of(url).unwrap_err().to_string();
+        assert_eq!(
+            refused("mysql://kv:pw@db/kv"),
+            "`mysql://` is not a database kv-service can use: give sqlite://path (a file) or \
+             postgres://user:password@host/database"
+        );
+        // What precedes `://` is not shown unless it is shaped like a scheme.
+        let shown = refused("kv:s3cret@db://x");
+        assert!(shown.starts_with("the URL's scheme is not"), "{shown}");
+        assert!(refused("://x").starts_with("the URL's scheme is not"));
     }
 }

@@ -112,7 +112,7 @@ pub struct ServeConfig {
     )]
     pub clock_offset_ms: i64,
     /// Async worker threads; 1 runs everything on one thread (SQLite has its own).
-    #[arg(long, env = "WORKER_THREADS", default_value_t = 1, global = true)]
+    #[arg(long, env = "WORKER_THREADS", default_value_t = 1, value_parser = parse_worker_threads, global = true)]
     pub worker_threads: usize,
     #[command(flatten)]
     pub credentials: NatsCredentials,
@@ -263,6 +263,19 @@ fn parse_in_flight(text: &str) -> Result<usize, String> {
         Ok(limit) if (1..=MAX_IN_FLIGHT_LIMIT).contains(&limit) => Ok(limit),
         _ => Err(format!(
             "`{text}` is not a whole number from 1 to {MAX_IN_FLIGHT_LIMIT}"
+        )),
+    }
+}
+
+/// The most `--worker-threads` allows: far past any gain on a machine this service runs on,
+/// and short of what the system refuses to spawn.
+const MAX_WORKER_THREADS: usize = 256;
+
+fn parse_worker_threads(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(threads @ 1..=MAX_WORKER_THREADS) => Ok(threads),
+        _ => Err(format!(
+            "`{text}` is not a whole number from 1 to {MAX_WORKER_THREADS}"
         )),
     }
 }

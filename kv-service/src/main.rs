@@ -42,7 +42,7 @@ fn main() -> ExitCode {
     // One thread by default: on a small machine shared with nats-server, a single-threaded
     // runtime beside SQLite's worker thread avoids cross-thread wake-ups on every request.
     let runtime = match cli.serve.worker_threads {
-        0 | 1 => tokio::runtime::Builder::new_current_thread()
+        1 => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build(),
         threads => tokio::runtime::Builder::new_multi_thread()
@@ -57,6 +57,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints one line of a command's report (the paths written, a copy's progress). A reader that
+/// stopped reading (`kv-service schemas | head -1`) ends the report, quietly, and not the
+/// work, where `println!` would panic.
+fn print_line(line: impl std::fmt::Display) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
 }
 
 async fn run(cli: Cli) -> ExitCode {
@@ -74,13 +82,13 @@ async fn run(cli: Cli) -> ExitCode {
         Some(Command::Schemas { dir }) => kv_service::write_schemas(&dir)
             .map(|written| {
                 for path in written {
-                    println!("{}", path.display());
+                    print_line(path.display());
                 }
             })
             .map_err(|source| kv_service::Error::Write { path: dir, source }),
         Some(Command::Asyncapi { file }) => {
             std::fs::write(&file, kv_service::rendered_asyncapi(&cli.serve.queue_group))
-                .map(|()| println!("{}", file.display()))
+                .map(|()| print_line(file.display()))
                 .map_err(|source| kv_service::Error::Write { path: file, source })
         }
         Some(Command::Copy { from, to }) => copy(&from, &to).await,
@@ -127,16 +135,16 @@ async fn copy(from: &str, to: &str) -> Result<(), kv_service::Error> {
     let copied = kv_service::copy(from, to, |copied| {
         if shown.elapsed() >= std::time::Duration::from_secs(1) {
             shown = std::time::Instant::now();
-            println!("copied {copied} keys so far");
+            print_line(format_args!("copied {copied} keys so far"));
         }
     })
     .await?;
-    println!(
+    print_line(format_args!(
         "copied {copied} live keys from {} to {} in {:.1} s",
         kv_service::config::redact_url(from),
         kv_service::config::redact_url(to),
         started.elapsed().as_secs_f64()
-    );
+    ));
     Ok(())
 }
 

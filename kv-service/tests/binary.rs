@@ -97,6 +97,8 @@ fn options_go_after_the_subcommand_and_bad_ones_fail_before_any_side_effect() {
         vec!["serve", "--nats-connect-timeout", "18446744073709551615"],
         vec!["serve", "--purge-interval", "18446744073709551615"],
         vec!["serve", "--request-timeout-ms", "3600001"],
+        vec!["serve", "--worker-threads", "0"],
+        vec!["serve", "--worker-threads", "100000"],
     ] {
         let output = Command::new(BIN)
             .args(&args)
@@ -112,6 +114,29 @@ fn options_go_after_the_subcommand_and_bad_ones_fail_before_any_side_effect() {
             "{args:?} created the database"
         );
     }
+    // A database URL of another scheme is refused, naming the scheme and not the password,
+    // rather than opened as a SQLite file of that name.
+    let output = Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["serve", "--database-url", "mysql://kv:s3cret@db/kv"])
+        .env("NATS_URL", "nats://127.0.0.1:1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "`mysql://` is not a database kv-service can use: give sqlite://path (a file) or \
+             postgres://user:password@host/database"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("s3cret"), "{stderr}");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "nothing created"
+    );
     let output = Command::new(BIN)
         .args(["serve", "--help"])
         .output()
@@ -286,6 +311,20 @@ fn schemas_subcommand_writes_every_schema() {
         24,
         "request, success and error schema of the four fixed and four per-plugin endpoints"
     );
+
+    // Its report read by a reader that stops at once (`kv-service schemas | head -1`): the
+    // schemas are all written and it exits 0, where `println!` panicked on the closed pipe.
+    let dir = tempfile::tempdir().unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let output = Command::new(BIN)
+        .args(["schemas", dir.path().to_str().unwrap()])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert!(output.stderr.is_empty(), "{output:?}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 24);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

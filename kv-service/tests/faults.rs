@@ -6,8 +6,8 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Locker, Reply};
 use common::process::{Running, ready};
+use common::{Locker, Reply};
 use serde_json::{Value, json};
 use test_support::NatsServer;
 use test_support::call;

@@ -337,7 +337,10 @@ async fn a_failed_purge_is_logged_and_retried_and_never_stops_the_service() {
     );
     let (_, samples) = ops.scrape().await;
     assert!(value(&samples, "kv_store_purge_failures_total", &[]).unwrap() >= 1.0);
-    assert_eq!(value(&samples, "kv_store_purged_keys_total", &[]), Some(0.0));
+    assert_eq!(
+        value(&samples, "kv_store_purged_keys_total", &[]),
+        Some(0.0)
+    );
     // Still serving: reads answer while the lock is held.
     assert_eq!(
         call(&client, "get", json!({"plugin_name": "p", "key": "kept"})).await,
@@ -360,7 +363,10 @@ async fn a_failed_purge_is_logged_and_retried_and_never_stops_the_service() {
     };
     assert!(line.contains("elapsed_ms="), "{line}");
     let (_, samples) = ops.scrape().await;
-    assert_eq!(value(&samples, "kv_store_purged_keys_total", &[]), Some(1.0));
+    assert_eq!(
+        value(&samples, "kv_store_purged_keys_total", &[]),
+        Some(1.0)
+    );
     assert_eq!(set("after", None).await["success"], true);
     assert_eq!(
         call(&client, "list", json!({"plugin_name": "p"})).await,

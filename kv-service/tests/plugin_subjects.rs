@@ -137,6 +137,29 @@ async fn field_rules_still_apply_and_bad_subject_tokens_are_refused() {
                  (rosey.db.kv.<plugin_name>.<op>)",
             ),
         ),
+        // `plugin_name` is optional here: absent or null is the subject's plugin; given, it
+        // is a string matching the pattern (so `""` is not "missing" but malformed).
+        (
+            "rosey.db.kv.chat.get",
+            r#"{"plugin_name":null,"key":"nope"}"#,
+            success(json!({"exists": false})),
+        ),
+        (
+            "rosey.db.kv.chat.get",
+            r#"{"plugin_name":"","key":"k"}"#,
+            failure(
+                "VALIDATION_ERROR",
+                "Field 'plugin_name' must match the pattern ^[a-z0-9_-]{1,100}$",
+            ),
+        ),
+        (
+            "rosey.db.kv.chat.get",
+            r#"{"plugin_name":5,"key":"k"}"#,
+            failure(
+                "VALIDATION_ERROR",
+                "Field 'plugin_name' must be of type string or null",
+            ),
+        ),
         (
             "rosey.db.kv.chat.set",
             &format!(r#"{{"key":"big","value":"{}"}}"#, "x".repeat(65_535)),

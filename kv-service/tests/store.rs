@@ -162,7 +162,11 @@ async fn a_listing_is_truncated_exactly_when_more_live_keys_match() {
         };
         assert_eq!(listed(3).await, (live(3), true), "{kind:?}");
         assert_eq!(listed(4).await, (live(4), true), "{kind:?}");
-        assert_eq!(listed(5).await, (live(5), false), "{kind:?}: filled exactly");
+        assert_eq!(
+            listed(5).await,
+            (live(5), false),
+            "{kind:?}: filled exactly"
+        );
         assert_eq!(listed(6).await, (live(5), false), "{kind:?}");
         assert!(
             store.list("p", "", 5).await.unwrap().truncated,

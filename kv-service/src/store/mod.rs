@@ -52,7 +52,9 @@ impl Backend {
         } else {
             // Named only when it is a scheme's shape: what precedes `://` in a mistyped URL
             // may be a password.
-            let shaped = scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+            let shaped = scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
             Err(StoreError::UnsupportedScheme(
                 (shaped && !scheme.is_empty()).then(|| scheme.to_owned()),
             ))
@@ -657,7 +659,13 @@ mod tests {
         for url in ["postgres://u@h/db", "postgresql://h/db", "POSTGRES://h/db"] {
             assert_eq!(Backend::of(url).unwrap(), Backend::Postgres, "{url}");
         }
-        for url in ["sqlite://kv.db", "SQLite://kv.db", "sqlite::memory:", "kv.db", "postgres.db"] {
+        for url in [
+            "sqlite://kv.db",
+            "SQLite://kv.db",
+            "sqlite::memory:",
+            "kv.db",
+            "postgres.db",
+        ] {
             assert_eq!(Backend::of(url).unwrap(), Backend::Sqlite, "{url}");
         }
         let refused = |url| Backend::of(url).unwrap_err().to_string();

@@ -62,7 +62,11 @@ impl Reply {
         let reply = Reply::from_message(message);
         if reply.body["success"] == true {
             assert_eq!(
-                (reply.error_header, reply.error_code_header, reply.status_header),
+                (
+                    reply.error_header,
+                    reply.error_code_header,
+                    reply.status_header
+                ),
                 (None, None, None),
                 "a success carries no error headers: {}",
                 reply.body

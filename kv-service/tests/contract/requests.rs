@@ -182,16 +182,19 @@ pub(super) async fn values_nest_up_to_125_levels_so_every_reply_stays_readable(b
         "Field 'value' must be nested at most 125 levels deep",
     )
     .await;
-    // A request nested past 128 levels is not parsed at all.
-    let reply = kv.raw("rosey.db.kv.set", body(128)).await.body;
-    assert_eq!(reply["error"]["code"], "INVALID_JSON", "{reply}");
-    assert!(
-        reply["error"]["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("Invalid JSON: recursion limit exceeded"),
-        "{reply}"
-    );
+    // A request nested more than 127 levels (a value of 127, the object counting as one) is
+    // not parsed at all.
+    for depth in [127, 128] {
+        let reply = kv.raw("rosey.db.kv.set", body(depth)).await.body;
+        assert_eq!(reply["error"]["code"], "INVALID_JSON", "{depth}: {reply}");
+        assert!(
+            reply["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("Invalid JSON: recursion limit exceeded"),
+            "{depth}: {reply}"
+        );
+    }
     assert_eq!(
         kv.raw("rosey.db.kv.get", r#"{"plugin_name":"p","key":"deep"}"#)
             .await

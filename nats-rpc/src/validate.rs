@@ -336,7 +336,13 @@ fn describe(error: &jsonschema::ValidationError<'_>) -> Rejection {
             format!("must not have the member(s) {}", unexpected.join(", ")).into()
         }
         Kind::FalseSchema => "is not allowed".into(),
-        other => truncate(format!("is invalid: {other:?}")).into(),
+        Kind::AnyOf { context } | Kind::OneOfNotValid { context } => match closest(context) {
+            Some(rejection) => return rejection,
+            None => "does not match any of its allowed forms".into(),
+        },
+        Kind::OneOfMultipleValid { .. } => "matches more than one of its allowed forms".into(),
+        // Named by the rule's keyword only: the kind's own rendering carries the value.
+        other => format!("does not satisfy the schema's `{}` rule", other.keyword()).into(),
     };
     let subject = if field.is_empty() {
         "Request".to_owned()
@@ -344,6 +350,100 @@ fn describe(error: &jsonschema::ValidationError<'_>) -> Rejection {
         format!("Field '{field}'")
     };
     Rejection::new(codes::VALIDATION_ERROR, format!("{subject} {rule}"))
+}
+
+/// The failure of an `anyOf`/`oneOf` (an `Option` of a struct, an enum) told as the branch the
+/// body came closest to: branches refused by a `const`/`enum` (an enum's tag that names another
+/// variant) are passed over while another remains; if every branch refuses the same member's
+/// type, the message lists the types; else the error deepest in the body is the one told.
+/// `None` when the branches give nothing to tell.
+fn closest(branches: &[Vec<jsonschema::ValidationError<'static>>]) -> Option<Rejection> {
+    use jsonschema::error::{TypeKind, ValidationErrorKind as Kind};
+
+    let firsts: Vec<&jsonschema::ValidationError<'static>> = branches
+        .iter()
+        .filter_map(|errors| errors.first())
+        .collect();
+    let tag_mismatch = |errors: &Vec<jsonschema::ValidationError<'static>>| {
+        errors
+            .iter()
+            .any(|error| matches!(error.kind(), Kind::Constant { .. } | Kind::Enum { .. }))
+    };
+    let matching: Vec<&jsonschema::ValidationError<'static>> = branches
+        .iter()
+        .filter(|errors| !tag_mismatch(errors))
+        .filter_map(|errors| errors.first())
+        .collect();
+    let path = |error: &jsonschema::ValidationError<'_>| error.instance_path().to_string();
+    if matching.is_empty() {
+        // Every branch refuses its tag: the tag is what to fix, and these are its values.
+        let tags: Vec<&jsonschema::ValidationError<'static>> = branches
+            .iter()
+            .filter_map(|errors| {
+                errors
+                    .iter()
+                    .find(|error| matches!(error.kind(), Kind::Constant { .. }))
+            })
+            .collect();
+        if let Some(first) = tags.first()
+            && tags.len() == branches.len()
+            && tags.iter().all(|tag| path(tag) == path(first))
+        {
+            let values: Vec<Value> = tags
+                .iter()
+                .filter_map(|tag| match tag.kind() {
+                    Kind::Constant { expected_value } => Some(Value::clone(expected_value)),
+                    _ => None,
+                })
+                .collect();
+            return Some(Rejection::new(
+                codes::VALIDATION_ERROR,
+                format!(
+                    "Field '{}' must be one of {}",
+                    field_name(&path(first)),
+                    Value::Array(values)
+                ),
+            ));
+        }
+    }
+    let candidates = if matching.is_empty() {
+        firsts
+    } else {
+        matching
+    };
+    let first = candidates.first()?;
+    let same_member = candidates.iter().all(|error| path(error) == path(first));
+    if same_member
+        && candidates
+            .iter()
+            .all(|error| matches!(error.kind(), Kind::Type { .. }))
+    {
+        let mut types: Vec<&str> = Vec::new();
+        for error in &candidates {
+            if let Kind::Type { kind } = error.kind() {
+                match kind {
+                    TypeKind::Single(single) => types.push(single.as_str()),
+                    TypeKind::Multiple(set) => types.extend(set.iter().map(|t| t.as_str())),
+                }
+            }
+        }
+        types.sort_unstable();
+        types.dedup();
+        let field = field_name(&path(first));
+        let subject = if field.is_empty() {
+            "Request".to_owned()
+        } else {
+            format!("Field '{field}'")
+        };
+        return Some(Rejection::new(
+            codes::VALIDATION_ERROR,
+            format!("{subject} {}", must_be_of_type(types)),
+        ));
+    }
+    let deepest = candidates
+        .iter()
+        .max_by_key(|error| error.instance_path().iter().count())?;
+    Some(describe(deepest))
 }
 
 /// `/a/b~1c` (a JSON pointer) → `a.b/c`.
@@ -483,5 +583,60 @@ mod tests {
             err.message
         );
         assert!(!validator.needs_text.load(Ordering::Relaxed));
+    }
+
+    /// The failure of an `anyOf`/`oneOf` (an `Option` of a struct, a tagged enum) is told as
+    /// the field and rule of the branch the body came closest to, never with the value sent or
+    /// the validator's debug text.
+    #[test]
+    fn alternatives_are_told_as_the_closest_branch_without_the_value() {
+        #[derive(Debug, Deserialize, JsonSchema)]
+        struct Inner {
+            #[schemars(length(min = 1))]
+            #[allow(dead_code)]
+            x: String,
+        }
+        #[derive(Debug, Deserialize, JsonSchema)]
+        struct WithOption {
+            #[allow(dead_code)]
+            opt: Option<Inner>,
+        }
+        #[derive(Debug, Deserialize, JsonSchema)]
+        #[serde(tag = "op")]
+        #[allow(dead_code)]
+        enum Tagged {
+            Add { n: u32 },
+            Neg { flag: bool },
+        }
+        let message = |validator: &RequestValidator, body: &str| {
+            let message = validator
+                .check(&serde_json::from_str(body).unwrap())
+                .unwrap_err();
+            assert!(!message.message.contains("secret"), "{message:?}");
+            assert!(!message.message.contains("Error"), "{message:?}");
+            message.message
+        };
+        let option = RequestValidator::new::<WithOption>().unwrap();
+        assert_eq!(
+            message(&option, r#"{"opt":{"x":""}}"#),
+            "Field 'opt.x' must be at least 1 characters long"
+        );
+        assert_eq!(
+            message(&option, r#"{"opt":"secret"}"#),
+            "Field 'opt' must be of type object or null"
+        );
+        let tagged = RequestValidator::new::<Tagged>().unwrap();
+        assert_eq!(
+            message(&tagged, r#"{"op":"Add","n":"secret"}"#),
+            "Field 'n' must be of type integer"
+        );
+        assert_eq!(
+            message(&tagged, r#"{"op":"Neg","flag":"secret"}"#),
+            "Field 'flag' must be of type boolean"
+        );
+        assert_eq!(
+            message(&tagged, r#"{"op":"secret"}"#),
+            r#"Field 'op' must be one of ["Add","Neg"]"#
+        );
     }
 }

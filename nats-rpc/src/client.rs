@@ -36,6 +36,10 @@ pub enum CallError {
     Encode(serde_json::Error),
     /// The reply was not a valid envelope of the expected response type.
     Decode(serde_json::Error),
+    /// The subject to call has a `*` or `>` token: a pattern (the endpoint's, given to
+    /// [`Client::call`]), not a subject a request can be sent to; name one it matches with
+    /// [`Client::call_on`].
+    Pattern(String),
 }
 
 impl CallError {
@@ -59,6 +63,11 @@ impl std::fmt::Display for CallError {
             CallError::Transport(_) => f.write_str("the request could not be sent"),
             CallError::Encode(_) => f.write_str("the request does not serialize"),
             CallError::Decode(_) => f.write_str("the reply is not a valid envelope"),
+            CallError::Pattern(subject) => write!(
+                f,
+                "`{subject}` is a pattern, not a subject to send to: call a subject it matches \
+                 with `Client::call_on`"
+            ),
         }
     }
 }
@@ -66,7 +75,10 @@ impl std::fmt::Display for CallError {
 impl std::error::Error for CallError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            CallError::Remote(_) | CallError::NoResponders | CallError::TimedOut => None,
+            CallError::Remote(_)
+            | CallError::NoResponders
+            | CallError::TimedOut
+            | CallError::Pattern(_) => None,
             CallError::Transport(err) => Some(err),
             CallError::Encode(err) | CallError::Decode(err) => Some(err),
         }
@@ -94,7 +106,8 @@ impl Client {
         &self.nats
     }
 
-    /// Calls endpoint `E` (the type `#[nats_rpc]` generates) on its subject.
+    /// Calls endpoint `E` (the type `#[nats_rpc]` generates) on its subject. An endpoint on a
+    /// wildcard subject is called with [`Client::call_on`]; here it is [`CallError::Pattern`].
     pub async fn call<E>(&self, request: &E::Request) -> Result<E::Response, CallError>
     where
         E: Endpoint,
@@ -116,6 +129,9 @@ impl Client {
         E::Request: Serialize,
         E::Response: DeserializeOwned,
     {
+        if subject.split('.').any(|token| token == "*" || token == ">") {
+            return Err(CallError::Pattern(subject.to_owned()));
+        }
         let payload = serde_json::to_vec(request).map_err(CallError::Encode)?;
         // The service stops working on the request when this client stops waiting.
         let mut headers = async_nats::HeaderMap::new();

@@ -623,6 +623,18 @@ async fn handlers_on_wildcard_subjects_see_what_the_wildcards_matched() {
         .await
         .unwrap();
     assert_eq!(typed.wildcards, ["hall", "door"]);
+    // `call` would send to the pattern itself (the handler saw a `*` token): refused before
+    // sending, naming `call_on`.
+    let err = Client::new(f.nats.clone())
+        .call::<room>(&Nothing {})
+        .await
+        .unwrap_err();
+    assert!(matches!(&err, CallError::Pattern(subject) if subject == "test.room.*.where.>"));
+    assert_eq!(
+        err.to_string(),
+        "`test.room.*.where.>` is a pattern, not a subject to send to: call a subject it matches \
+         with `Client::call_on`"
+    );
     // Validation runs before the handler, on wildcard endpoints as on any other.
     assert_eq!(
         f.json("test.room.hall.where.door", b"[]").await,

@@ -2,8 +2,9 @@
 //! clients read them (files, `$SRV.INFO`, the AsyncAPI document). The request schema is the one
 //! [`crate::RequestValidator`] validates against, rendered the same way.
 
-use schemars::JsonSchema;
 use schemars::generate::SchemaSettings;
+use schemars::transform::RecursiveTransform;
+use schemars::{JsonSchema, Schema};
 use serde_json::{Map, Value, json};
 
 use crate::endpoint::Endpoint;
@@ -15,9 +16,34 @@ pub const DIALECT: &str = "https://json-schema.org/draft/2020-12/schema";
 /// The schema of `T`, rendered the same way for validation and for publishing.
 pub fn schema_of<T: JsonSchema>() -> Value {
     SchemaSettings::draft2020_12()
+        .with_transform(RecursiveTransform(bound_integer_widths))
         .into_generator()
         .into_root_schema_for::<T>()
         .to_value()
+}
+
+/// Gives the integer widths schemars leaves open (`u32`, `i32`, `u64`, `i64`) their bounds,
+/// where the type's own schema sets none: a request past them is then refused by the schema,
+/// naming the field and the limit (`Field 'n' must be <= 4294967295`), rather than by serde
+/// (`invalid value: integer …, expected u32`, which names neither). `usize`/`isize` are left
+/// alone: their width is the platform's.
+fn bound_integer_widths(schema: &mut Schema) {
+    let (minimum, maximum): (Option<Value>, Value) =
+        match schema.get("format").and_then(Value::as_str) {
+            Some("uint32") => (None, u32::MAX.into()),
+            Some("int32") => (Some(i32::MIN.into()), i32::MAX.into()),
+            Some("uint64") => (None, u64::MAX.into()),
+            Some("int64") => (Some(i64::MIN.into()), i64::MAX.into()),
+            _ => return,
+        };
+    if schema.get("maximum").is_none() {
+        schema.insert("maximum".to_owned(), maximum);
+    }
+    if let Some(minimum) = minimum
+        && schema.get("minimum").is_none()
+    {
+        schema.insert("minimum".to_owned(), minimum);
+    }
 }
 
 /// The three schemas a client of one endpoint needs.

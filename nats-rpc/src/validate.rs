@@ -585,6 +585,43 @@ mod tests {
         assert!(!validator.needs_text.load(Ordering::Relaxed));
     }
 
+    /// An integer past its type's width is refused by the schema, naming the field and the
+    /// limit, not by serde with the value and no field.
+    #[test]
+    fn integers_past_their_width_name_the_field_and_the_limit() {
+        #[derive(Debug, Deserialize, JsonSchema)]
+        #[allow(dead_code)]
+        struct Widths {
+            small: Option<i32>,
+            big: Option<u64>,
+        }
+        let validator = RequestValidator::new::<Plain>().unwrap();
+        let refused = validator
+            .decode::<Plain>(br#"{"name":"a","count":99999999999}"#)
+            .unwrap_err();
+        assert_eq!(refused.message, "Field 'count' must be <= 4294967295");
+        let validator = RequestValidator::new::<Widths>().unwrap();
+        for (body, message) in [
+            (
+                r#"{"small":-2147483649}"#,
+                "Field 'small' must be >= -2147483648",
+            ),
+            (
+                r#"{"small":2147483648}"#,
+                "Field 'small' must be <= 2147483647",
+            ),
+            (r#"{"big":-1}"#, "Field 'big' must be >= 0"),
+        ] {
+            let refused = validator.decode::<Widths>(body.as_bytes()).unwrap_err();
+            assert_eq!(refused.message, message, "{body}");
+        }
+        assert!(
+            validator
+                .decode::<Widths>(br#"{"small":-2147483648,"big":18446744073709551615}"#)
+                .is_ok()
+        );
+    }
+
     /// The failure of an `anyOf`/`oneOf` (an `Option` of a struct, a tagged enum) is told as
     /// the field and rule of the branch the body came closest to, never with the value sent or
     /// the validator's debug text.

@@ -22,6 +22,23 @@ impl Args {
         let mut push = |err: syn::Error| crate::valid::fold(&mut errors, err);
 
         while !input.is_empty() {
+            if input.peek(LitStr) {
+                // `#[nats_rpc("svc.op")]`: the subject, unnamed. Taken as the subject, so the
+                // rest is still checked, and reported with what to write.
+                let lit: LitStr = input.parse()?;
+                push(syn::Error::new(
+                    lit.span(),
+                    format!("name the argument: write `subject = \"{}\"`", lit.value()),
+                ));
+                if subject.is_none() {
+                    subject = Some(lit);
+                }
+                if input.is_empty() {
+                    break;
+                }
+                input.parse::<Token![,]>()?;
+                continue;
+            }
             let key: Ident = input.call(syn::ext::IdentExt::parse_any)?;
             if !input.peek(Token![=]) {
                 return Err(syn::Error::new(

@@ -33,14 +33,22 @@ fn stand_in(handler: &Handler<'_>) -> TokenStream {
         // Its types may name the fn's own generic parameters, unknown out here.
         return stand_in_with(vis, ident, &unit, &unit, &unit, quote!(::nats_rpc::Error));
     }
-    let state = handler.state().and_then(usable).unwrap_or(&unit);
-    let request = handler
-        .request()
-        .and_then(|ty| match ty {
-            Type::Reference(reference) => usable(&reference.elem),
-            other => usable(other),
-        })
-        .unwrap_or(&unit);
+    let (first, second) = (handler.params.first().copied(), handler.request());
+    let (state, request) = match (first, second) {
+        // `(request: Request, state: &State)`: read as meant, so only the swap is reported
+        // (not the state's missing `Deserialize` and `JsonSchema` too).
+        (Some(request), Some(Type::Reference(state))) if !matches!(request, Type::Reference(_)) => {
+            (usable(&state.elem), usable(request))
+        }
+        _ => (
+            handler.state().and_then(usable),
+            second.and_then(|ty| match ty {
+                Type::Reference(reference) => usable(&reference.elem),
+                other => usable(other),
+            }),
+        ),
+    };
+    let (state, request) = (state.unwrap_or(&unit), request.unwrap_or(&unit));
     let (response, error) = match handler.result {
         Some((response, error)) => (usable(response), usable(error)),
         None => (None, None),

@@ -3,7 +3,7 @@
 //! no trailing period, code in backticks), and [`check`] reports every one in one build.
 
 use syn::spanned::Spanned;
-use syn::{FnArg, LitStr, ReturnType, Signature, Type};
+use syn::{FnArg, GenericArgument, LitStr, PathArguments, ReturnType, Signature, Type};
 
 use crate::ast::{Handler, Third};
 
@@ -96,6 +96,19 @@ fn plain_fn(sig: &Signature) -> syn::Result<()> {
 fn not_generic(sig: &Signature) -> syn::Result<()> {
     if sig.generics.params.is_empty() && sig.generics.where_clause.is_none() {
         return Ok(());
+    }
+    let lifetimes_only = sig.generics.where_clause.is_none()
+        && sig
+            .generics
+            .params
+            .iter()
+            .all(|param| matches!(param, syn::GenericParam::Lifetime(_)));
+    if lifetimes_only {
+        return Err(syn::Error::new_spanned(
+            &sig.generics,
+            "`#[nats_rpc]` handler takes no lifetime parameters: remove them and write \
+             `state: &State` (and `Context<'_>`), the borrows' lifetimes are the call's",
+        ));
     }
     Err(syn::Error::new_spanned(
         &sig.generics,
@@ -202,6 +215,20 @@ fn params(sig: &Signature) -> syn::Result<()> {
             fold(&mut errors, err);
         }
     };
+    if !matches!(state, Type::Reference(_)) && matches!(request, Type::Reference(_)) {
+        // `(request: Request, state: &State)`: one mistake, said once.
+        check(Err(syn::Error::new(
+            sig.paren_token.span.join(),
+            format!(
+                "the state comes first, by reference, then the request, by value: swap the \
+                 two parameters, {SHAPE}"
+            ),
+        )));
+        if let Some(third) = third {
+            check(third_param(third));
+        }
+        return errors.map_or(Ok(()), Err);
+    }
     match state {
         Type::Reference(reference) => {
             if let Some(token) = &reference.mutability {
@@ -237,7 +264,19 @@ fn params(sig: &Signature) -> syn::Result<()> {
 /// context, by value.
 fn third_param(ty: &Type) -> syn::Result<()> {
     match Third::of(ty) {
-        Some(_) => Ok(()),
+        Some(third) => match named_lifetime(ty) {
+            Some(lifetime) => Err(syn::Error::new_spanned(
+                lifetime,
+                format!(
+                    "the {} borrows from the request for this call only: write `'_` here",
+                    match third {
+                        Third::Subject => "subject",
+                        Third::Context => "context",
+                    }
+                ),
+            )),
+            None => Ok(()),
+        },
         None => Err(syn::Error::new_spanned(
             ty,
             format!(
@@ -246,6 +285,20 @@ fn third_param(ty: &Type) -> syn::Result<()> {
             ),
         )),
     }
+}
+
+/// A lifetime other than `'_` among the type's generic arguments (`Context<'static>`).
+fn named_lifetime(ty: &Type) -> Option<&syn::Lifetime> {
+    let Type::Path(path) = ty else {
+        return None;
+    };
+    let PathArguments::AngleBracketed(generics) = &path.path.segments.last()?.arguments else {
+        return None;
+    };
+    generics.args.iter().find_map(|arg| match arg {
+        GenericArgument::Lifetime(lifetime) if lifetime.ident != "_" => Some(lifetime),
+        _ => None,
+    })
 }
 
 /// `Result<Response, Error>` (read as `result`), both types named.
@@ -261,6 +314,23 @@ fn output(sig: &Signature, result: Option<(&Type, &Type)>) -> syn::Result<()> {
         }
     };
     let Some((response, error)) = result else {
+        let one_argument = match ty {
+            Type::Path(path) => path.path.segments.last().is_some_and(|last| {
+                last.ident == "Result"
+                    && matches!(&last.arguments, PathArguments::AngleBracketed(generics)
+                        if generics.args.len() == 1)
+            }),
+            _ => false,
+        };
+        if one_argument {
+            return Err(syn::Error::new_spanned(
+                ty,
+                format!(
+                    "{MESSAGE} with both types written, e.g. `Result<Response, nats_rpc::Error>`: \
+                     the macro reads the tokens and cannot see through a `Result<T>` alias"
+                ),
+            ));
+        }
         return Err(syn::Error::new_spanned(ty, MESSAGE));
     };
     let mut errors = None;

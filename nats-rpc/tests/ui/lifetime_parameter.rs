@@ -1,0 +1,20 @@
+use nats_rpc::nats_rpc;
+
+pub struct Store;
+
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+pub struct Req {
+    pub key: String,
+}
+
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct Reply {
+    pub ok: bool,
+}
+
+#[nats_rpc(subject = "kv.get")]
+pub async fn get<'a>(_store: &'a Store, _request: Req) -> Result<Reply, nats_rpc::Error> {
+    Ok(Reply { ok: true })
+}
+
+fn main() {}

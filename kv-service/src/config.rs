@@ -300,11 +300,13 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
 /// `nats://user:secret@host:4222` → `nats://***@host:4222` (also `postgres://…`, whose
 /// `password=` parameter goes too), for logs and error messages.
 pub fn redact_url(url: &str) -> String {
-    let (url, query) = match url.split_once('?') {
+    // Credentials first: a password written unencoded may hold the `?` the query starts at.
+    let redacted = redact_userinfo(url);
+    let (url, query) = match redacted.split_once('?') {
         Some((url, query)) => (url, Some(query)),
-        None => (url, None),
+        None => (redacted.as_str(), None),
     };
-    let mut redacted = redact_userinfo(url);
+    let mut redacted = url.to_owned();
     if let Some(query) = query {
         let params: Vec<String> = query
             .split('&')
@@ -324,22 +326,33 @@ pub fn redact_url(url: &str) -> String {
     redacted
 }
 
+/// Each server's part (after its `scheme://`, up to the next one: NATS takes a comma-separated
+/// list) up to its last `@` is credentials, replaced whole whatever it holds: a password written
+/// unencoded may contain `?`, `,`, `/` or `#`. An `@` in a query makes more than the credentials
+/// go, never less.
 fn redact_userinfo(url: &str) -> String {
-    url.split(',')
-        .map(|server| {
-            let (scheme, rest) = server.split_once("://").unwrap_or(("", server));
-            let rest = match rest.rsplit_once('@') {
-                Some((_, host)) => format!("***@{host}"),
-                None => rest.to_owned(),
-            };
-            if scheme.is_empty() {
-                rest
-            } else {
-                format!("{scheme}://{rest}")
+    let mut redacted = String::with_capacity(url.len());
+    let mut rest = url;
+    loop {
+        let (head, tail) = match rest.find("://") {
+            Some(at) => rest.split_at(at + 3),
+            None => ("", rest),
+        };
+        redacted.push_str(head);
+        let end = tail.find("://").unwrap_or(tail.len());
+        let part = &tail[..end];
+        match part.rfind('@') {
+            Some(at) => {
+                redacted.push_str("***");
+                redacted.push_str(&part[at..]);
             }
-        })
-        .collect::<Vec<_>>()
-        .join(",")
+            None => redacted.push_str(part),
+        }
+        rest = &tail[end..];
+        if rest.is_empty() {
+            return redacted;
+        }
+    }
 }
 
 impl ServeConfig {
@@ -459,6 +472,19 @@ mod tests {
             (
                 "postgres://db/kv?SSLPASSWORD=x",
                 "postgres://db/kv?SSLPASSWORD=***",
+            ),
+            // Unencoded passwords holding the query's, the list's or the path's separators.
+            (
+                "postgres://kv:s3cr?t@127.0.0.1:5432/kv",
+                "postgres://***@127.0.0.1:5432/kv",
+            ),
+            (
+                "postgres://kv:a/b#c,d@db/kv?sslmode=require",
+                "postgres://***@db/kv?sslmode=require",
+            ),
+            (
+                "nats://a:p,q@h1:1,nats://c:d?e@h2:2",
+                "nats://***@h1:1,nats://***@h2:2",
             ),
             ("sqlite://kv.db", "sqlite://kv.db"),
             ("sqlite://kv.db?mode=rwc", "sqlite://kv.db?mode=rwc"),

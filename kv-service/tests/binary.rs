@@ -192,6 +192,19 @@ fn credentials_in_the_url_never_reach_the_log() {
     assert!(!status.success());
     assert!(!log.contains("s3cr3t-pw"), "secret leaked: {log}");
     assert!(log.contains("nats://***@127.0.0.1:"), "{log}");
+
+    // A database password written unencoded, with the `?` a query starts at.
+    let nats = NatsServer::start();
+    let database = format!("postgres://kv:s3cr?t-pw@127.0.0.1:{}/kv", free_port());
+    let mut service = Running::start_in(
+        &nats.url(),
+        tempfile::tempdir().unwrap(),
+        &[("RUST_LOG", "trace"), ("DATABASE_URL", &database)],
+    );
+    let (status, log) = service.wait(Duration::from_secs(10));
+    assert!(!status.success());
+    assert!(!log.contains("t-pw"), "secret leaked: {log}");
+    assert!(log.contains("postgres://***@127.0.0.1:"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
 //! The refusals that keep two stores from answering one service: a second process on a SQLite
 //! file, and an instance whose store differs from the instances already serving its subjects.
 //! Each refusal exits 1 with a message naming the fix, and leaves the running instance serving.
+//! (One PostgreSQL store in two queue groups is refused too.)
 //! A conflicting instance that appears later is logged as an error within 10 s.
 
 mod common;
@@ -143,6 +144,31 @@ async fn an_instance_on_another_store_refuses_to_join() {
         }
         still_serves(&kv, "k").await;
     }
+}
+
+/// Two instances on one PostgreSQL store but in different queue groups would each carry out
+/// every request (NATS gives each request to one member of every group): the second refuses,
+/// naming both groups and the setting to use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_in_another_queue_group_refuses_to_join() {
+    let postgres = Postgres::start();
+    let nats = NatsServer::start();
+    let _running = instance(&nats.url(), &postgres.url(), &[]);
+    let kv = client(&nats.url()).await;
+    wait_for_instances(&kv, 1).await;
+    let log = refused(instance(
+        &nats.url(),
+        &postgres.url(),
+        &[("QUEUE_GROUP", "other")],
+    ))
+    .await;
+    assert!(
+        log.contains("refusing to start: kv-service instance")
+            && log.contains("in queue group `q`, and this instance's queue group is `other`")
+            && log.contains("Start this instance with QUEUE_GROUP=q"),
+        "{log}"
+    );
+    still_serves(&kv, "k").await;
 }
 
 /// Two instances that start at the same moment may both see nobody; and an instance from

@@ -57,7 +57,7 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()>) -> 
         config.plugin_subjects,
     );
     let subjects: Vec<String> = builder.endpoints().map(|e| e.subject.clone()).collect();
-    let mine = peers::Mine::new(&store, subjects.clone());
+    let mine = peers::Mine::new(&store, subjects.clone(), &config.queue_group);
 
     let connected = tokio::select! {
         connected = connect(config) => connected,

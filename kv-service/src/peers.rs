@@ -6,7 +6,9 @@
 //! store, and while serving it keeps looking and logs an error for any that appears.
 //!
 //! A SQLite store belongs to one process (it holds the file locked), so beside any other
-//! instance it is always a conflict; PostgreSQL instances agree when their store ids do.
+//! instance it is always a conflict; PostgreSQL instances agree when their store ids do, and
+//! when they are in one queue group: NATS gives each request to one member of every group, so
+//! instances in two groups would each carry out every request.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -34,14 +36,16 @@ pub(crate) struct Mine {
     store_id: String,
     backend: Backend,
     subjects: Vec<String>,
+    queue_group: String,
 }
 
 impl Mine {
-    pub(crate) fn new(store: &Store, subjects: Vec<String>) -> Mine {
+    pub(crate) fn new(store: &Store, subjects: Vec<String>, queue_group: &str) -> Mine {
         Mine {
             store_id: store.id().to_owned(),
             backend: store.backend(),
             subjects,
+            queue_group: queue_group.to_owned(),
         }
     }
 
@@ -63,7 +67,23 @@ impl Mine {
         let theirs = match (their_backend, other.metadata.get(STORE_ID)) {
             (Some("postgres"), Some(id)) => {
                 if self.backend == Backend::Postgres && *id == self.store_id {
-                    return None;
+                    if shared.queue_group == self.queue_group {
+                        return None;
+                    }
+                    return Some(format!(
+                        "kv-service instance {} (version {}) already serves {} from this \
+                         instance's PostgreSQL store {id}, in queue group `{}`, and this \
+                         instance's queue group is `{}`: NATS would give every request to one \
+                         instance of each group, so each would be carried out twice (a delete \
+                         answered both deleted and not). Start this instance with \
+                         QUEUE_GROUP={}, or stop those instances first",
+                        other.id,
+                        other.version,
+                        shared.subject,
+                        shared.queue_group,
+                        self.queue_group,
+                        shared.queue_group
+                    ));
                 }
                 format!("PostgreSQL store {id}")
             }
@@ -180,6 +200,7 @@ mod tests {
             store_id: id.into(),
             backend,
             subjects: vec!["rosey.db.kv.get".into(), "rosey.db.kv.set".into()],
+            queue_group: "q".into(),
         }
     }
 
@@ -189,6 +210,21 @@ mod tests {
     fn instances_on_one_postgres_store_agree() {
         let other = instance(&PG_A, "rosey.db.kv.get");
         assert_eq!(mine(Backend::Postgres, "A").conflict(&other), None);
+    }
+
+    #[test]
+    fn one_postgres_store_in_two_queue_groups_is_a_conflict_naming_the_group() {
+        let other = instance(&PG_A, "rosey.db.kv.get");
+        let mut me = mine(Backend::Postgres, "A");
+        me.queue_group = "other".into();
+        let reason = me.conflict(&other).unwrap();
+        assert!(
+            reason.contains("in queue group `q`")
+                && reason.contains("this instance's queue group is `other`")
+                && reason.contains("carried out twice")
+                && reason.contains("Start this instance with QUEUE_GROUP=q"),
+            "{reason}"
+        );
     }
 
     #[test]

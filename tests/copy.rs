@@ -186,10 +186,41 @@ async fn check_every_key(kv: &async_nats::Client) {
     assert_eq!(listing["data"]["count"], 833);
 }
 
+/// A source SQLite file that is not there is a mistyped path, not an empty store: refused,
+/// naming it, and not created (it was, and the copy reported 0 keys copied, exit 0).
+#[test]
+fn copy_refuses_a_source_file_that_does_not_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("typo.db");
+    let output = Command::new(BIN)
+        .args([
+            "copy",
+            "--from",
+            &format!("sqlite://{}", missing.display()),
+            "--to",
+            &format!("sqlite://{}", dir.path().join("target.db").display()),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot open the source")
+            && stderr.contains(&format!(
+                "the SQLite file {} does not exist",
+                missing.display()
+            )),
+        "{stderr}"
+    );
+    assert!(!missing.exists(), "the mistyped source was created");
+}
+
 #[test]
 fn copy_refuses_one_store_onto_itself() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("kv.db").display());
+    // An empty file is an empty SQLite database: a source that exists.
+    std::fs::File::create(dir.path().join("kv.db")).unwrap();
     let output = Command::new(BIN)
         .args(["copy", "--from", &url, "--to", &url])
         .output()

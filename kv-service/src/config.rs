@@ -365,6 +365,7 @@ impl ServeConfig {
             mirror_budget_bytes: self.mirror_mb << 20,
             statement_timeout: Duration::from_millis(self.statement_timeout_ms),
             clock_offset_ms: self.clock_offset_ms,
+            must_exist: false,
         }
     }
 }

@@ -171,6 +171,8 @@ pub async fn copy(from: &str, to: &str, mut progress: impl FnMut(u64)) -> Result
 async fn open_to_copy(url: &str, role: &'static str) -> Result<Store, Error> {
     let mut options = StoreOptions::new(url);
     options.mirror_budget_bytes = 0;
+    // A source that is not there is a mistake (a typo in its path), not an empty store.
+    options.must_exist = role == "source";
     Store::open(&options)
         .await
         .map_err(|source| Error::OpenToCopy {

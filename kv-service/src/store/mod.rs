@@ -96,6 +96,9 @@ pub struct StoreOptions {
     /// Shifts this process's clock (for tests of clock skew). Only SQLite reads the process
     /// clock; on PostgreSQL expiry is the database's business and this changes nothing.
     pub clock_offset_ms: i64,
+    /// SQLite: refuse a file that does not exist instead of creating it (a store to copy from,
+    /// where a mistyped path would otherwise be an empty store, copied as 0 keys).
+    pub must_exist: bool,
 }
 
 /// Connections serving reads unless told otherwise (the command line's default too).
@@ -117,6 +120,7 @@ impl StoreOptions {
             mirror_budget_bytes: DEFAULT_MIRROR_MB << 20,
             statement_timeout: Duration::from_millis(DEFAULT_STATEMENT_TIMEOUT_MS),
             clock_offset_ms: 0,
+            must_exist: false,
         }
     }
 }
@@ -176,6 +180,8 @@ pub enum StoreError {
         .0.as_ref().map_or("the URL's scheme".to_owned(), |scheme| format!("`{scheme}://`"))
     )]
     UnsupportedScheme(Option<String>),
+    #[error("the SQLite file {0} does not exist")]
+    NoSuchFile(String),
 }
 
 impl From<sqlx::Error> for StoreError {

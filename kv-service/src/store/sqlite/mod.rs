@@ -79,6 +79,10 @@ impl Sqlite {
             .busy_timeout(Duration::from_secs(2))
             // Only takes effect when the file is created (a WAL database keeps its page size).
             .page_size(PAGE_SIZE);
+        let path = base.get_filename();
+        if options.must_exist && path != std::path::Path::new(":memory:") && !path.exists() {
+            return Err(StoreError::NoSuchFile(path.display().to_string()));
+        }
         // Migrate through a one-connection pool: `Migrator::run` on a bare connection makes the
         // future non-`Send` (sqlx's `Acquire` lifetime quirk), and this one is spawned.
         let setup = SqlitePoolOptions::new()

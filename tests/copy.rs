@@ -112,6 +112,16 @@ async fn copy_moves_every_live_key_from_sqlite_to_postgres_and_back() {
         "postgres://postgres:s3cr3t-pw@127.0.0.1:{}/kv",
         postgres.port()
     );
+    // The statement timeout given on the command line is the copy's (it was the default,
+    // whatever was given): 1 ms is too short for PostgreSQL to answer anything.
+    let hasty = Command::new(BIN)
+        .args(["copy", "--from", &sqlite, "--to", &target])
+        .args(["--statement-timeout-ms", "1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&hasty.stderr);
+    assert_eq!(hasty.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("within 1ms"), "{stderr}");
     for run in 0..2 {
         let (stdout, stderr) = copy(&sqlite, &target);
         let last = stdout.lines().last().unwrap_or_default();

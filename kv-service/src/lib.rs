@@ -145,9 +145,14 @@ const COPY_PAGE: u32 = 1000;
 /// the one at `to` (created and migrated if new), a page at a time; `progress` hears the
 /// running total after each page. Rows already in the target are replaced, so running it again
 /// is harmless. Returns how many keys were copied.
-pub async fn copy(from: &str, to: &str, mut progress: impl FnMut(u64)) -> Result<u64, Error> {
-    let source = open_to_copy(from, "source").await?;
-    let target = match open_to_copy(to, "target").await {
+pub async fn copy(
+    from: &str,
+    to: &str,
+    statement_timeout: Duration,
+    mut progress: impl FnMut(u64),
+) -> Result<u64, Error> {
+    let source = open_to_copy(from, "source", statement_timeout).await?;
+    let target = match open_to_copy(to, "target", statement_timeout).await {
         Ok(target) => target,
         Err(err) => {
             source.close().await;
@@ -168,9 +173,15 @@ pub async fn copy(from: &str, to: &str, mut progress: impl FnMut(u64)) -> Result
     outcome
 }
 
-async fn open_to_copy(url: &str, role: &'static str) -> Result<Store, Error> {
+async fn open_to_copy(
+    url: &str,
+    role: &'static str,
+    statement_timeout: Duration,
+) -> Result<Store, Error> {
     let mut options = StoreOptions::new(url);
     options.mirror_budget_bytes = 0;
+    // PostgreSQL: a page of large values over a slow link may need longer than the default.
+    options.statement_timeout = statement_timeout;
     // A source that is not there is a mistake (a typo in its path), not an empty store.
     options.must_exist = role == "source";
     Store::open(&options)

@@ -91,7 +91,10 @@ async fn run(cli: Cli) -> ExitCode {
                 .map(|()| print_line(file.display()))
                 .map_err(|source| kv_service::Error::Write { path: file, source })
         }
-        Some(Command::Copy { from, to }) => copy(&from, &to).await,
+        Some(Command::Copy { from, to }) => {
+            let timeout = std::time::Duration::from_millis(cli.serve.statement_timeout_ms);
+            copy(&from, &to, timeout).await
+        }
         Some(Command::Serve) | None => {
             let signal = stopped_by.clone();
             let shutdown = async move {
@@ -129,10 +132,14 @@ fn chain(err: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// `kv-service copy`: a progress line at most once a second, and one line at the end.
-async fn copy(from: &str, to: &str) -> Result<(), kv_service::Error> {
+async fn copy(
+    from: &str,
+    to: &str,
+    statement_timeout: std::time::Duration,
+) -> Result<(), kv_service::Error> {
     let started = std::time::Instant::now();
     let mut shown = started;
-    let copied = kv_service::copy(from, to, |copied| {
+    let copied = kv_service::copy(from, to, statement_timeout, |copied| {
         if shown.elapsed() >= std::time::Duration::from_secs(1) {
             shown = std::time::Instant::now();
             print_line(format_args!("copied {copied} keys so far"));

@@ -300,59 +300,71 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
 /// `nats://user:secret@host:4222` → `nats://***@host:4222` (also `postgres://…`, whose
 /// `password=` parameter goes too), for logs and error messages.
 pub fn redact_url(url: &str) -> String {
-    // Credentials first: a password written unencoded may hold the `?` the query starts at.
-    let redacted = redact_userinfo(url);
-    let (url, query) = match redacted.split_once('?') {
-        Some((url, query)) => (url, Some(query)),
-        None => (redacted.as_str(), None),
-    };
-    let mut redacted = url.to_owned();
-    if let Some(query) = query {
-        let params: Vec<String> = query
-            .split('&')
-            .map(|param| match param.split_once('=') {
-                Some((name, _))
-                    if name.eq_ignore_ascii_case("password")
-                        || name.eq_ignore_ascii_case("sslpassword") =>
-                {
-                    format!("{name}=***")
-                }
-                _ => param.to_owned(),
-            })
-            .collect();
-        redacted.push('?');
-        redacted.push_str(&params.join("&"));
+    // Query passwords first, so that hiding the credentials (up to an `@`, which may stand in
+    // a query) can only hide more.
+    redact_userinfo(&redact_query_passwords(url))
+}
+
+/// `password=…` and `sslpassword=…` parameters (after `?` or `&`, any case): value hidden.
+fn redact_query_passwords(url: &str) -> String {
+    let lower = url.to_ascii_lowercase();
+    let mut redacted = String::with_capacity(url.len());
+    let mut copied = 0;
+    for (at, _) in lower.match_indices("password=") {
+        let name_start = if lower[..at].ends_with("ssl") { at - 3 } else { at };
+        let starts_param = url[..name_start].ends_with(['?', '&']);
+        let value = at + "password=".len();
+        if !starts_param || value < copied {
+            continue;
+        }
+        let end = url[value..].find('&').map_or(url.len(), |next| value + next);
+        redacted.push_str(&url[copied..value]);
+        redacted.push_str("***");
+        copied = end;
     }
+    redacted.push_str(&url[copied..]);
     redacted
 }
 
-/// Each server's part (after its `scheme://`, up to the next one: NATS takes a comma-separated
-/// list) up to its last `@` is credentials, replaced whole whatever it holds: a password written
-/// unencoded may contain `?`, `,`, `/` or `#`. An `@` in a query makes more than the credentials
-/// go, never less.
+/// Each server's part up to its last `@` is credentials, replaced whole whatever it holds: a
+/// password written unencoded may contain `?`, `,`, `/`, `#` or even `://`. Servers are
+/// separated by a `,` that starts another `scheme://` (NATS takes a list), or by any `,` in a
+/// list without schemes. An `@` in a query makes more than the credentials go, never less.
 fn redact_userinfo(url: &str) -> String {
-    let mut redacted = String::with_capacity(url.len());
-    let mut rest = url;
-    loop {
-        let (head, tail) = match rest.find("://") {
-            Some(at) => rest.split_at(at + 3),
-            None => ("", rest),
-        };
-        redacted.push_str(head);
-        let end = tail.find("://").unwrap_or(tail.len());
-        let part = &tail[..end];
-        match part.rfind('@') {
-            Some(at) => {
-                redacted.push_str("***");
-                redacted.push_str(&part[at..]);
-            }
-            None => redacted.push_str(part),
-        }
-        rest = &tail[end..];
-        if rest.is_empty() {
-            return redacted;
+    let schemes = url.contains("://");
+    let starts_server = |rest: &str| {
+        let name = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || "+-.".contains(c)))
+            .unwrap_or(rest.len());
+        !schemes || (name > 0 && rest[name..].starts_with("://"))
+    };
+    let mut servers = Vec::new();
+    let mut start = 0;
+    for (comma, _) in url.match_indices(',') {
+        if starts_server(&url[comma + 1..]) {
+            servers.push(&url[start..comma]);
+            start = comma + 1;
         }
     }
+    servers.push(&url[start..]);
+    servers
+        .into_iter()
+        .map(|server| {
+            let (scheme, rest) = match server.split_once("://") {
+                Some((scheme, rest)) => (Some(scheme), rest),
+                None => (None, server),
+            };
+            let rest = match rest.rfind('@') {
+                Some(at) => format!("***{}", &rest[at..]),
+                None => rest.to_owned(),
+            };
+            match scheme {
+                Some(scheme) => format!("{scheme}://{rest}"),
+                None => rest,
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 impl ServeConfig {
@@ -487,6 +499,19 @@ mod tests {
                 "nats://a:p,q@h1:1,nats://c:d?e@h2:2",
                 "nats://***@h1:1,nats://***@h2:2",
             ),
+            // An `@` in the query: the credentials' rule hides more, the password goes first.
+            (
+                "postgres://db/kv?user=kv@corp&password=s3cret",
+                "postgres://***@corp&password=***",
+            ),
+            (
+                "postgres://db/kv?sslmode=require&SSLPassword=s3cret&x=1",
+                "postgres://db/kv?sslmode=require&SSLPassword=***&x=1",
+            ),
+            // `://` inside a password is not another server; a bare list keeps every host.
+            ("nats://u:ab://cd@h:4222", "nats://***@h:4222"),
+            ("a@h1:4222,b@h2:4222", "***@h1:4222,***@h2:4222"),
+            ("tls://u:p@h1:1,tls://h2:2", "tls://***@h1:1,tls://h2:2"),
             ("sqlite://kv.db", "sqlite://kv.db"),
             ("sqlite://kv.db?mode=rwc", "sqlite://kv.db?mode=rwc"),
         ] {

@@ -336,10 +336,12 @@ fn describe(error: &jsonschema::ValidationError<'_>) -> Rejection {
             format!("must not have the member(s) {}", unexpected.join(", ")).into()
         }
         Kind::FalseSchema => "is not allowed".into(),
-        Kind::AnyOf { context } | Kind::OneOfNotValid { context } => match closest(context) {
-            Some(rejection) => return rejection,
-            None => "does not match any of its allowed forms".into(),
-        },
+        Kind::AnyOf { context } | Kind::OneOfNotValid { context } => {
+            match closest(context, error.instance_path().iter().count()) {
+                Some(rejection) => return rejection,
+                None => "does not match any of its allowed forms".into(),
+            }
+        }
         Kind::OneOfMultipleValid { .. } => "matches more than one of its allowed forms".into(),
         // Named by the rule's keyword only: the kind's own rendering carries the value.
         other => format!("does not satisfy the schema's `{}` rule", other.keyword()).into(),
@@ -357,18 +359,25 @@ fn describe(error: &jsonschema::ValidationError<'_>) -> Rejection {
 /// variant) are passed over while another remains; if every branch refuses the same member's
 /// type, the message lists the types; else the error deepest in the body is the one told.
 /// `None` when the branches give nothing to tell.
-fn closest(branches: &[Vec<jsonschema::ValidationError<'static>>]) -> Option<Rejection> {
+fn closest(
+    branches: &[Vec<jsonschema::ValidationError<'static>>],
+    depth: usize,
+) -> Option<Rejection> {
     use jsonschema::error::{TypeKind, ValidationErrorKind as Kind};
+
+    let depth_of = |error: &jsonschema::ValidationError<'_>| error.instance_path().iter().count();
 
     let firsts: Vec<&jsonschema::ValidationError<'static>> = branches
         .iter()
         .filter_map(|errors| errors.first())
         .collect();
-    let tag_mismatch = |errors: &Vec<jsonschema::ValidationError<'static>>| {
-        errors
-            .iter()
-            .any(|error| matches!(error.kind(), Kind::Constant { .. } | Kind::Enum { .. }))
+    // A tag names another variant: a `const` refused on a member of the object itself (an
+    // enum-typed field deeper in, or one with a wrong value, is the body's mistake to tell).
+    let is_tag = |error: &jsonschema::ValidationError<'_>| {
+        matches!(error.kind(), Kind::Constant { .. }) && depth_of(error) == depth + 1
     };
+    let tag_mismatch =
+        |errors: &Vec<jsonschema::ValidationError<'static>>| errors.iter().any(&is_tag);
     let matching: Vec<&jsonschema::ValidationError<'static>> = branches
         .iter()
         .filter(|errors| !tag_mismatch(errors))
@@ -379,11 +388,7 @@ fn closest(branches: &[Vec<jsonschema::ValidationError<'static>>]) -> Option<Rej
         // Every branch refuses its tag: the tag is what to fix, and these are its values.
         let tags: Vec<&jsonschema::ValidationError<'static>> = branches
             .iter()
-            .filter_map(|errors| {
-                errors
-                    .iter()
-                    .find(|error| matches!(error.kind(), Kind::Constant { .. }))
-            })
+            .filter_map(|errors| errors.iter().find(|error| is_tag(error)))
             .collect();
         if let Some(first) = tags.first()
             && tags.len() == branches.len()
@@ -440,9 +445,13 @@ fn closest(branches: &[Vec<jsonschema::ValidationError<'static>>]) -> Option<Rej
             format!("{subject} {}", must_be_of_type(types)),
         ));
     }
-    let deepest = candidates
-        .iter()
-        .max_by_key(|error| error.instance_path().iter().count())?;
+    // The deepest error, and of equally deep ones the first that is not about the type (an
+    // `Option`'s `null` branch refuses every object for its type: not the one to tell).
+    let rank = |error: &jsonschema::ValidationError<'_>| {
+        (depth_of(error), !matches!(error.kind(), Kind::Type { .. }))
+    };
+    let best = candidates.iter().map(|error| rank(error)).max()?;
+    let deepest = candidates.iter().find(|error| rank(error) == best)?;
     Some(describe(deepest))
 }
 
@@ -639,11 +648,18 @@ mod tests {
             opt: Option<Inner>,
         }
         #[derive(Debug, Deserialize, JsonSchema)]
+        #[allow(dead_code)]
+        enum Mode {
+            Fast,
+            Safe,
+        }
+        #[derive(Debug, Deserialize, JsonSchema)]
         #[serde(tag = "op")]
         #[allow(dead_code)]
         enum Tagged {
             Add { n: u32 },
             Neg { flag: bool },
+            Set { mode: Mode },
         }
         let message = |validator: &RequestValidator, body: &str| {
             let message = validator
@@ -662,6 +678,9 @@ mod tests {
             message(&option, r#"{"opt":"secret"}"#),
             "Field 'opt' must be of type object or null"
         );
+        // A missing member of the struct, not the `null` branch's type.
+        let refused = option.decode::<WithOption>(br#"{"opt":{}}"#).unwrap_err();
+        assert_eq!(refused.message, "Required field 'opt.x' is missing");
         let tagged = RequestValidator::new::<Tagged>().unwrap();
         assert_eq!(
             message(&tagged, r#"{"op":"Add","n":"secret"}"#),
@@ -673,7 +692,12 @@ mod tests {
         );
         assert_eq!(
             message(&tagged, r#"{"op":"secret"}"#),
-            r#"Field 'op' must be one of ["Add","Neg"]"#
+            r#"Field 'op' must be one of ["Add","Neg","Set"]"#
+        );
+        // A field of enum type with a wrong value is that field's mistake, not the tag's.
+        assert_eq!(
+            message(&tagged, r#"{"op":"Set","mode":"secret"}"#),
+            r#"Field 'mode' must be one of ["Fast","Safe"]"#
         );
     }
 }

@@ -23,16 +23,13 @@ impl Args {
 
         while !input.is_empty() {
             if input.peek(LitStr) {
-                // `#[nats_rpc("svc.op")]`: the subject, unnamed. Taken as the subject, so the
-                // rest is still checked, and reported with what to write.
+                // `#[nats_rpc("svc.op")]`: the subject, unnamed. Reported with what to write;
+                // the other arguments are still read and checked.
                 let lit: LitStr = input.parse()?;
                 push(syn::Error::new(
                     lit.span(),
                     format!("name the argument: write `subject = \"{}\"`", lit.value()),
                 ));
-                if subject.is_none() {
-                    subject = Some(lit);
-                }
                 if input.is_empty() {
                     break;
                 }

@@ -220,8 +220,8 @@ fn params(sig: &Signature) -> syn::Result<()> {
         check(Err(syn::Error::new(
             sig.paren_token.span.join(),
             format!(
-                "the state comes first, by reference, then the request, by value: swap the \
-                 two parameters, {SHAPE}"
+                "the state comes first, by reference, then the request, by value (swap these \
+                 two if they are the other way round): {SHAPE}"
             ),
         )));
         if let Some(third) = third {

@@ -36,9 +36,9 @@ pub enum CallError {
     Encode(serde_json::Error),
     /// The reply was not a valid envelope of the expected response type.
     Decode(serde_json::Error),
-    /// The subject to call has a `*` or `>` token: a pattern (the endpoint's, given to
-    /// [`Client::call`]), not a subject a request can be sent to; name one it matches with
-    /// [`Client::call_on`].
+    /// The subject to call has a `*` or `>` token: a pattern (an endpoint's, as
+    /// [`Client::call`] uses it, or one given to [`Client::call_on`]), not a subject a request
+    /// can be sent to; give `call_on` a subject it matches.
     Pattern(String),
 }
 
@@ -65,8 +65,8 @@ impl std::fmt::Display for CallError {
             CallError::Decode(_) => f.write_str("the reply is not a valid envelope"),
             CallError::Pattern(subject) => write!(
                 f,
-                "`{subject}` is a pattern, not a subject to send to: call a subject it matches \
-                 with `Client::call_on`"
+                "`{subject}` is a pattern, not a subject to send to: give `Client::call_on` a \
+                 subject it matches"
             ),
         }
     }

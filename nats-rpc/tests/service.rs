@@ -632,8 +632,8 @@ async fn handlers_on_wildcard_subjects_see_what_the_wildcards_matched() {
     assert!(matches!(&err, CallError::Pattern(subject) if subject == "test.room.*.where.>"));
     assert_eq!(
         err.to_string(),
-        "`test.room.*.where.>` is a pattern, not a subject to send to: call a subject it matches \
-         with `Client::call_on`"
+        "`test.room.*.where.>` is a pattern, not a subject to send to: give `Client::call_on` a \
+         subject it matches"
     );
     // Validation runs before the handler, on wildcard endpoints as on any other.
     assert_eq!(

@@ -311,13 +311,19 @@ fn redact_query_passwords(url: &str) -> String {
     let mut redacted = String::with_capacity(url.len());
     let mut copied = 0;
     for (at, _) in lower.match_indices("password=") {
-        let name_start = if lower[..at].ends_with("ssl") { at - 3 } else { at };
+        let name_start = if lower[..at].ends_with("ssl") {
+            at - 3
+        } else {
+            at
+        };
         let starts_param = url[..name_start].ends_with(['?', '&']);
         let value = at + "password=".len();
         if !starts_param || value < copied {
             continue;
         }
-        let end = url[value..].find('&').map_or(url.len(), |next| value + next);
+        let end = url[value..]
+            .find('&')
+            .map_or(url.len(), |next| value + next);
         redacted.push_str(&url[copied..value]);
         redacted.push_str("***");
         copied = end;

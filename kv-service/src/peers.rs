@@ -76,7 +76,7 @@ impl Mine {
                          instance's queue group is `{}`: NATS would give every request to one \
                          instance of each group, so each would be carried out twice (a delete \
                          answered both deleted and not). Start this instance with \
-                         QUEUE_GROUP={}, or stop those instances first",
+                         QUEUE_GROUP={} (or --queue-group), or stop those instances first",
                         other.id,
                         other.version,
                         shared.subject,

@@ -80,7 +80,8 @@ impl Sqlite {
             // Only takes effect when the file is created (a WAL database keeps its page size).
             .page_size(PAGE_SIZE);
         let path = base.get_filename();
-        if options.must_exist && path != std::path::Path::new(":memory:") && !path.exists() {
+        // (sqlx names an in-memory database's file itself: the URL says what it is.)
+        if options.must_exist && !options.url.contains(":memory:") && !path.exists() {
             return Err(StoreError::NoSuchFile(path.display().to_string()));
         }
         // Migrate through a one-connection pool: `Migrator::run` on a bare connection makes the

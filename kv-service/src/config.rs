@@ -326,7 +326,10 @@ fn redact_query_passwords(url: &str) -> String {
             .map_or(url.len(), |next| value + next);
         redacted.push_str(&url[copied..value]);
         redacted.push_str("***");
-        copied = end;
+        // A value holding an `@` (`kv:a&password=b@db`: the parameter was in fact inside the
+        // credentials) keeps what follows its last `@`, so the credentials' rule still finds
+        // it and hides everything before.
+        copied = url[value..end].rfind('@').map_or(end, |at| value + at);
     }
     redacted.push_str(&url[copied..]);
     redacted
@@ -514,6 +517,9 @@ mod tests {
                 "postgres://db/kv?sslmode=require&SSLPassword=s3cret&x=1",
                 "postgres://db/kv?sslmode=require&SSLPassword=***&x=1",
             ),
+            // What looks like a password parameter inside the credentials hides them all.
+            ("postgres://kv:a&password=b@db/kv", "postgres://***@db/kv"),
+            ("postgres://kv:x?password=y@db/kv", "postgres://***@db/kv"),
             // `://` inside a password is not another server; a bare list keeps every host.
             ("nats://u:ab://cd@h:4222", "nats://***@h:4222"),
             ("a@h1:4222,b@h2:4222", "***@h1:4222,***@h2:4222"),

@@ -371,10 +371,12 @@ fn closest(
         .iter()
         .filter_map(|errors| errors.first())
         .collect();
-    // A tag names another variant: a `const` refused on a member of the object itself (an
-    // enum-typed field deeper in, or one with a wrong value, is the body's mistake to tell).
+    // A tag names another variant: a `const` refused on a member of the object itself, or on
+    // the value itself (a unit enum whose variants have docs is a `oneOf` of `const`s). An
+    // enum-typed field deeper in with a wrong value is that field's mistake to tell.
     let is_tag = |error: &jsonschema::ValidationError<'_>| {
-        matches!(error.kind(), Kind::Constant { .. }) && depth_of(error) == depth + 1
+        matches!(error.kind(), Kind::Constant { .. })
+            && (depth_of(error) == depth || depth_of(error) == depth + 1)
     };
     let tag_mismatch =
         |errors: &Vec<jsonschema::ValidationError<'static>>| errors.iter().any(&is_tag);
@@ -647,10 +649,13 @@ mod tests {
             #[allow(dead_code)]
             opt: Option<Inner>,
         }
+        /// Documented variants: schemars renders the enum as a `oneOf` of `const`s.
         #[derive(Debug, Deserialize, JsonSchema)]
         #[allow(dead_code)]
         enum Mode {
+            /// Quick.
             Fast,
+            /// Careful.
             Safe,
         }
         #[derive(Debug, Deserialize, JsonSchema)]

@@ -301,16 +301,11 @@ fn missing_field(name: &str) -> Rejection {
 
 /// Turns a schema violation into a message naming the field and the rule, never the value.
 fn describe(error: &jsonschema::ValidationError<'_>) -> Rejection {
-    use jsonschema::error::{TypeKind, ValidationErrorKind as Kind};
+    use jsonschema::error::ValidationErrorKind as Kind;
 
     let field = field_name(&error.instance_path().to_string());
     let rule: Cow<'_, str> = match error.kind() {
-        Kind::Type { kind } => match kind {
-            TypeKind::Single(single) => must_be_of_type(vec![single.as_str()]).into(),
-            TypeKind::Multiple(set) => {
-                must_be_of_type(set.iter().map(|t| t.as_str()).collect()).into()
-            }
-        },
+        Kind::Type { kind } => must_be_of_type(type_names(kind)).into(),
         Kind::Minimum { limit } => format!("must be >= {limit}").into(),
         Kind::Maximum { limit } => format!("must be <= {limit}").into(),
         Kind::ExclusiveMinimum { limit } => format!("must be > {limit}").into(),
@@ -346,12 +341,7 @@ fn describe(error: &jsonschema::ValidationError<'_>) -> Rejection {
         // Named by the rule's keyword only: the kind's own rendering carries the value.
         other => format!("does not satisfy the schema's `{}` rule", other.keyword()).into(),
     };
-    let subject = if field.is_empty() {
-        "Request".to_owned()
-    } else {
-        format!("Field '{field}'")
-    };
-    Rejection::new(codes::VALIDATION_ERROR, format!("{subject} {rule}"))
+    violation(&field, rule)
 }
 
 /// The failure of an `anyOf`/`oneOf` (an `Option` of a struct, an enum) told as the branch the
@@ -363,7 +353,7 @@ fn closest(
     branches: &[Vec<jsonschema::ValidationError<'static>>],
     depth: usize,
 ) -> Option<Rejection> {
-    use jsonschema::error::{TypeKind, ValidationErrorKind as Kind};
+    use jsonschema::error::ValidationErrorKind as Kind;
 
     let depth_of = |error: &jsonschema::ValidationError<'_>| error.instance_path().iter().count();
 
@@ -403,13 +393,9 @@ fn closest(
                     _ => None,
                 })
                 .collect();
-            return Some(Rejection::new(
-                codes::VALIDATION_ERROR,
-                format!(
-                    "Field '{}' must be one of {}",
-                    field_name(&path(first)),
-                    Value::Array(values)
-                ),
+            return Some(violation(
+                &field_name(&path(first)),
+                format!("must be one of {}", Value::Array(values)),
             ));
         }
     }
@@ -425,27 +411,16 @@ fn closest(
             .iter()
             .all(|error| matches!(error.kind(), Kind::Type { .. }))
     {
-        let mut types: Vec<&str> = Vec::new();
-        for error in &candidates {
-            if let Kind::Type { kind } = error.kind() {
-                match kind {
-                    TypeKind::Single(single) => types.push(single.as_str()),
-                    TypeKind::Multiple(set) => types.extend(set.iter().map(|t| t.as_str())),
-                }
-            }
-        }
+        let mut types: Vec<&str> = candidates
+            .iter()
+            .flat_map(|error| match error.kind() {
+                Kind::Type { kind } => type_names(kind),
+                _ => Vec::new(),
+            })
+            .collect();
         types.sort_unstable();
         types.dedup();
-        let field = field_name(&path(first));
-        let subject = if field.is_empty() {
-            "Request".to_owned()
-        } else {
-            format!("Field '{field}'")
-        };
-        return Some(Rejection::new(
-            codes::VALIDATION_ERROR,
-            format!("{subject} {}", must_be_of_type(types)),
-        ));
+        return Some(violation(&field_name(&path(first)), must_be_of_type(types)));
     }
     // The deepest error, and of equally deep ones the first that is not about the type (an
     // `Option`'s `null` branch refuses every object for its type: not the one to tell).
@@ -455,6 +430,25 @@ fn closest(
     let best = candidates.iter().map(|error| rank(error)).max()?;
     let deepest = candidates.iter().find(|error| rank(error) == best)?;
     Some(describe(deepest))
+}
+
+/// `Field 'a.b' <rule>`, or `Request <rule>` for the body itself: VALIDATION_ERROR.
+fn violation(field: &str, rule: impl std::fmt::Display) -> Rejection {
+    let subject = if field.is_empty() {
+        "Request".to_owned()
+    } else {
+        format!("Field '{field}'")
+    };
+    Rejection::new(codes::VALIDATION_ERROR, format!("{subject} {rule}"))
+}
+
+/// The types a `type` rule allows, as its error lists them.
+fn type_names(kind: &jsonschema::error::TypeKind) -> Vec<&str> {
+    use jsonschema::error::TypeKind;
+    match kind {
+        TypeKind::Single(single) => vec![single.as_str()],
+        TypeKind::Multiple(set) => set.iter().map(|t| t.as_str()).collect(),
+    }
 }
 
 /// `/a/b~1c` (a JSON pointer) → `a.b/c`.

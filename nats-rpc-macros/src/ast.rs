@@ -64,6 +64,12 @@ impl<'a> Handler<'a> {
         }
     }
 
+    /// `(request: Request, state: &State)`: the first parameter by value and the second by
+    /// reference, read as the two the other way round (checked once, told once).
+    pub fn swapped(&self) -> bool {
+        matches!(self.params[..], [first, Type::Reference(_), ..] if !matches!(first, Type::Reference(_)))
+    }
+
     /// The request's type: the second parameter's.
     pub fn request(&self) -> Option<&'a Type> {
         self.params.get(1).copied()

@@ -33,16 +33,15 @@ fn stand_in(handler: &Handler<'_>) -> TokenStream {
         // Its types may name the fn's own generic parameters, unknown out here.
         return stand_in_with(vis, ident, &unit, &unit, &unit, quote!(::nats_rpc::Error));
     }
-    let (first, second) = (handler.params.first().copied(), handler.request());
-    let (state, request) = match (first, second) {
-        // `(request: Request, state: &State)`: read as meant, so only the swap is reported
-        // (not the state's missing `Deserialize` and `JsonSchema` too).
-        (Some(request), Some(Type::Reference(state))) if !matches!(request, Type::Reference(_)) => {
+    // Swapped parameters are read as meant, so only the swap is reported (not the state's
+    // missing `Deserialize` and `JsonSchema` too).
+    let (state, request) = match handler.params[..] {
+        [request, Type::Reference(state), ..] if handler.swapped() => {
             (usable(&state.elem), usable(request))
         }
         _ => (
             handler.state().and_then(usable),
-            second.and_then(|ty| match ty {
+            handler.request().and_then(|ty| match ty {
                 Type::Reference(reference) => usable(&reference.elem),
                 other => usable(other),
             }),

@@ -29,7 +29,7 @@ pub fn check(handler: &Handler<'_>, args_error: Option<syn::Error>) -> syn::Resu
             check(endpoint_name(name));
         }
     }
-    check(params(sig));
+    check(params(sig, handler.swapped()));
     check(output(sig, handler.result));
     errors.map_or(Ok(()), Err)
 }
@@ -171,7 +171,7 @@ fn endpoint_name(lit: &LitStr) -> syn::Result<()> {
 
 /// `(state: &State, request: Request)`, optionally followed by `subject: nats_rpc::Subject<'_>`
 /// or `context: nats_rpc::Context<'_>`. Every mistake among the parameters is reported.
-fn params(sig: &Signature) -> syn::Result<()> {
+fn params(sig: &Signature, swapped: bool) -> syn::Result<()> {
     let mut errors = None;
     let mut typed = Vec::with_capacity(3);
     for (index, arg) in sig.inputs.iter().enumerate() {
@@ -215,8 +215,7 @@ fn params(sig: &Signature) -> syn::Result<()> {
             fold(&mut errors, err);
         }
     };
-    if !matches!(state, Type::Reference(_)) && matches!(request, Type::Reference(_)) {
-        // `(request: Request, state: &State)`: one mistake, said once.
+    if swapped {
         check(Err(syn::Error::new(
             sig.paren_token.span.join(),
             format!(

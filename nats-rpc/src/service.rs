@@ -105,7 +105,8 @@ pub struct ServiceBuilder<S> {
     request_timeout: Option<Duration>,
     metadata: BTreeMap<String, String>,
     endpoints: Vec<Registration<S>>,
-    errors: Vec<String>,
+    /// What `endpoint` refused, reported by `serve` (the first).
+    errors: Vec<ServeError>,
 }
 
 /// Why [`ServiceBuilder::serve`] failed.
@@ -114,8 +115,14 @@ pub struct ServiceBuilder<S> {
 pub enum ServeError {
     /// The name, version, queue group or endpoint list is not acceptable.
     Config(String),
-    /// An endpoint's request schema did not compile.
-    Schema(SchemaError),
+    /// An endpoint's request schema did not compile (a bug in its request type's
+    /// `JsonSchema`, not bad input).
+    Schema {
+        /// The endpoint's name.
+        endpoint: &'static str,
+        /// What the schema compiler said.
+        source: SchemaError,
+    },
     /// Subscribing failed (connection closed, bad subject).
     Subscribe(async_nats::SubscribeError),
     /// The subscriptions could not be confirmed with the server.
@@ -128,7 +135,12 @@ impl std::fmt::Display for ServeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ServeError::Config(reason) => write!(f, "invalid service configuration: {reason}"),
-            ServeError::Schema(_) => f.write_str("an endpoint's request schema does not compile"),
+            ServeError::Schema { endpoint, .. } => {
+                write!(
+                    f,
+                    "the request schema of endpoint `{endpoint}` does not compile"
+                )
+            }
             ServeError::Subscribe(_) => f.write_str("cannot subscribe"),
             ServeError::Flush(_) => f.write_str("cannot confirm the subscriptions with the server"),
         }
@@ -139,7 +151,7 @@ impl std::error::Error for ServeError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             ServeError::Config(_) => None,
-            ServeError::Schema(err) => Some(err),
+            ServeError::Schema { source, .. } => Some(source),
             ServeError::Subscribe(err) => Some(err),
             ServeError::Flush(err) => Some(err),
         }
@@ -207,18 +219,8 @@ impl Service {
             tracing::warn!("cannot flush before draining");
         }
         let _ = self.shutdown.send(true);
-        let permits = u32::try_from(self.max_in_flight).unwrap_or(u32::MAX);
-        let drained = async {
-            for reader in self.readers {
-                if !connected {
-                    reader.abort();
-                }
-                // Awaited either way: an aborted reader drops its hold on the state here.
-                let _ = reader.await;
-            }
-            // Every permit back means every spawned request has replied.
-            let _ = self.permits.acquire_many(permits).await;
-        };
+        let mut readers = self.readers;
+        let drained = drain(&mut readers, &self.permits, self.max_in_flight, connected);
         let outcome = tokio::time::timeout(self.drain_timeout, drained).await;
         self.micro.abort();
         if connected {
@@ -230,6 +232,64 @@ impl Service {
 
 /// The longest [`Service::shutdown`] waits for the server to confirm what was sent.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Waits until the readers have finished (aborting them first when there is no connection:
+/// nothing more can arrive) and every in-flight permit is back: every request taken has been
+/// answered. A reader leaves `readers` once it has finished.
+async fn drain(
+    readers: &mut Vec<JoinHandle<()>>,
+    permits: &Semaphore,
+    max_in_flight: usize,
+    connected: bool,
+) {
+    while let Some(reader) = readers.last_mut() {
+        if !connected {
+            reader.abort();
+        }
+        // Awaited either way: an aborted reader drops its hold on the state here.
+        let _ = reader.await;
+        readers.pop();
+    }
+    let _ = permits
+        .acquire_many(u32::try_from(max_in_flight).unwrap_or(u32::MAX))
+        .await;
+}
+
+/// What a `serve` that fails part-way has started, to be undone.
+struct Started<'a> {
+    client: &'a async_nats::Client,
+    shutdown: &'a watch::Sender<bool>,
+    permits: &'a Semaphore,
+    max_in_flight: usize,
+    drain_timeout: Duration,
+}
+
+impl Started<'_> {
+    /// Undoes the start: the micro task is aborted, and the readers stop taking requests,
+    /// answer what they had received and are awaited with the requests they spawned, within
+    /// the drain timeout (as [`Service::shutdown`] does; readers still running after it are
+    /// aborted). So when `serve` returns its error nothing answers for the service any more
+    /// and the caller's state is free again, unless a request outlived the drain timeout.
+    async fn abandon(&self, mut readers: Vec<JoinHandle<()>>, micro: Option<JoinHandle<()>>) {
+        let _ = self.shutdown.send(true);
+        if let Some(micro) = micro {
+            micro.abort();
+            let _ = micro.await;
+        }
+        let connected = self.client.connection_state() == async_nats::connection::State::Connected;
+        let drained = drain(&mut readers, self.permits, self.max_in_flight, connected);
+        if tokio::time::timeout(self.drain_timeout, drained)
+            .await
+            .is_err()
+        {
+            tracing::warn!("serve failed and requests were still running after the drain timeout");
+            for reader in readers {
+                reader.abort();
+                let _ = reader.await;
+            }
+        }
+    }
+}
 
 /// Whether the server confirmed everything sent so far within `limit`.
 async fn flush_within(client: &async_nats::Client, limit: Duration) -> bool {
@@ -257,8 +317,11 @@ impl<S: Send + Sync + 'static> ServiceBuilder<S> {
     pub fn endpoint<E: Endpoint<State = S>>(mut self) -> Self {
         let validator = match RequestValidator::new::<E::Request>() {
             Ok(validator) => validator,
-            Err(err) => {
-                self.errors.push(format!("endpoint `{}`: {err}", E::NAME));
+            Err(source) => {
+                self.errors.push(ServeError::Schema {
+                    endpoint: E::NAME,
+                    source,
+                });
                 return self;
             }
         };
@@ -350,7 +413,7 @@ impl<S: Send + Sync + 'static> ServiceBuilder<S> {
     /// Subscribes every endpoint and the micro discovery subjects, confirms the subscriptions
     /// with the server, and returns the running service.
     pub async fn serve(
-        self,
+        mut self,
         client: async_nats::Client,
         state: impl Into<Arc<S>>,
     ) -> Result<Service, ServeError> {
@@ -358,6 +421,13 @@ impl<S: Send + Sync + 'static> ServiceBuilder<S> {
         telemetry::describe();
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let permits = Arc::new(Semaphore::new(self.max_in_flight));
+        let started = Started {
+            client: &client,
+            shutdown: &shutdown_tx,
+            permits: &permits,
+            max_in_flight: self.max_in_flight,
+            drain_timeout: self.drain_timeout,
+        };
         let state = state.into();
         let mut infos = Vec::with_capacity(self.endpoints.len());
         let mut all_stats = Vec::with_capacity(self.endpoints.len());
@@ -375,7 +445,7 @@ impl<S: Send + Sync + 'static> ServiceBuilder<S> {
             match (registration.start)(context).await {
                 Ok(reader) => readers.push(reader),
                 Err(err) => {
-                    let _ = shutdown_tx.send(true);
+                    started.abandon(readers, None).await;
                     return Err(err);
                 }
             }
@@ -417,11 +487,14 @@ impl<S: Send + Sync + 'static> ServiceBuilder<S> {
         let micro = match micro {
             Ok(micro) => micro,
             Err(err) => {
-                let _ = shutdown_tx.send(true);
+                started.abandon(readers, None).await;
                 return Err(ServeError::Subscribe(err));
             }
         };
-        client.flush().await.map_err(ServeError::Flush)?;
+        if let Err(err) = client.flush().await {
+            started.abandon(readers, Some(micro)).await;
+            return Err(ServeError::Flush(err));
+        }
         Ok(Service {
             info,
             stats: all_stats,
@@ -435,9 +508,9 @@ impl<S: Send + Sync + 'static> ServiceBuilder<S> {
         })
     }
 
-    fn check(&self) -> Result<(), ServeError> {
-        if let Some(err) = self.errors.first() {
-            return Err(ServeError::Config(err.clone()));
+    fn check(&mut self) -> Result<(), ServeError> {
+        if !self.errors.is_empty() {
+            return Err(self.errors.swap_remove(0));
         }
         if !micro::is_valid_name(&self.name) {
             return Err(ServeError::Config(format!(
@@ -679,5 +752,51 @@ impl<E: Endpoint> Running<E> {
         if let Err(err) = sent {
             tracing::warn!(endpoint = E::NAME, %err, "cannot send reply");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::sync::{Semaphore, watch};
+
+    use super::Started;
+
+    /// A failed `serve` waits for the requests its readers had spawned, not only for the
+    /// readers: a request still running holds the state and an in-flight permit, and `serve`
+    /// returns once it has answered.
+    #[tokio::test]
+    async fn abandon_waits_for_the_requests_already_spawned() {
+        let server = test_support::NatsServer::start();
+        let client = async_nats::connect(server.url()).await.unwrap();
+        let (shutdown, mut stop) = watch::channel(false);
+        let permits = Arc::new(Semaphore::new(4));
+        let state = Arc::new(());
+        // A request in flight: its permit and its hold on the state, for 300 ms.
+        let permit = permits.clone().acquire_owned().await.unwrap();
+        let held = state.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            drop((held, permit));
+        });
+        // Its reader, which stops when told to.
+        let reader = tokio::spawn(async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        });
+        let started = Started {
+            client: &client,
+            shutdown: &shutdown,
+            permits: &permits,
+            max_in_flight: 4,
+            drain_timeout: Duration::from_secs(5),
+        };
+        started.abandon(vec![reader], None).await;
+        assert_eq!(
+            Arc::strong_count(&state),
+            1,
+            "a request still holds the state"
+        );
     }
 }

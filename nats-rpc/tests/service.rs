@@ -941,32 +941,12 @@ async fn discovery_replies_conform_to_the_micro_v1_schemas() {
     );
 }
 
-/// A hand-written `Endpoint` whose name breaks the micro naming rule.
-struct DottedName;
-
-impl nats_rpc::Endpoint for DottedName {
-    const SUBJECT: &'static str = "test.dotted";
-    const NAME: &'static str = "test.dotted";
-    type State = State;
-    type Request = Nothing;
-    type Response = Nothing;
-    type Error = nats_rpc::Error;
-
-    fn call<'a>(
-        _state: &'a State,
-        request: Nothing,
-        _context: nats_rpc::Context<'a>,
-    ) -> impl std::future::Future<Output = Result<Nothing, nats_rpc::Error>> + Send + 'a {
-        std::future::ready(Ok(request))
-    }
-}
-
 #[tokio::test]
 async fn an_endpoint_name_micro_tools_would_drop_is_refused_at_serve() {
     let server = NatsServer::start();
     let nats = async_nats::connect(server.url()).await.unwrap();
     let err = Service::builder("tester", "1.2.3")
-        .endpoint::<DottedName>()
+        .endpoint::<Plain<DOTTED>>()
         .serve(nats, State::default())
         .await
         .expect_err("refused");
@@ -974,6 +954,115 @@ async fn an_endpoint_name_micro_tools_would_drop_is_refused_at_serve() {
         err.to_string()
             .contains("endpoint name `test.dotted` must be non-empty and use only"),
         "{err}"
+    );
+}
+
+/// A hand-written `Endpoint` answering its request, with the subject and name `PLAIN[N]`, on
+/// any request type: what `#[nats_rpc]` would refuse to generate.
+struct Plain<const N: usize, R = Nothing>(std::marker::PhantomData<R>);
+
+/// `(subject, name)`: a plain endpoint; a subject the server refuses; a name micro tools drop.
+const PLAIN: [(&str, &str); 3] = [
+    ("test.plain", "plain"),
+    ("test.has space", "plain"),
+    ("test.dotted", "test.dotted"),
+];
+const DOTTED: usize = 2;
+
+impl<const N: usize, R> nats_rpc::Endpoint for Plain<N, R>
+where
+    R: JsonSchema + Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    const SUBJECT: &'static str = PLAIN[N].0;
+    const NAME: &'static str = PLAIN[N].1;
+    type State = State;
+    type Request = R;
+    type Response = R;
+    type Error = nats_rpc::Error;
+
+    fn call<'a>(
+        _state: &'a State,
+        request: R,
+        _context: nats_rpc::Context<'a>,
+    ) -> impl std::future::Future<Output = Result<R, nats_rpc::Error>> + Send + 'a {
+        std::future::ready(Ok(request))
+    }
+}
+
+/// A request type whose `JsonSchema` is broken (`"type": 5`).
+#[derive(Debug, Serialize, Deserialize)]
+struct BrokenSchema {}
+
+impl JsonSchema for BrokenSchema {
+    fn schema_name() -> Cow<'static, str> {
+        "BrokenSchema".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": 5})
+    }
+}
+
+#[tokio::test]
+async fn a_request_schema_that_does_not_compile_is_refused_at_serve_with_its_cause() {
+    let server = NatsServer::start();
+    let nats = async_nats::connect(server.url()).await.unwrap();
+    let err = Service::builder("tester", "1.2.3")
+        .endpoint::<Plain<0, BrokenSchema>>()
+        .serve(nats, State::default())
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(
+            err,
+            nats_rpc::ServeError::Schema {
+                endpoint: "plain",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "the request schema of endpoint `plain` does not compile"
+    );
+    let cause = std::error::Error::source(&err).expect("the compiler's message is the source");
+    assert!(
+        cause.to_string().starts_with("invalid request schema: "),
+        "{cause}"
+    );
+}
+
+/// `serve` failing after some endpoints subscribed (here the second subject is one the server
+/// refuses) leaves nothing behind: the first endpoint answers no more, and the state is the
+/// caller's alone again, so it can close what the state owns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_serve_stops_what_it_started_and_frees_the_state() {
+    let server = NatsServer::start();
+    let nats = async_nats::connect(server.url()).await.unwrap();
+    let state = Arc::new(State::default());
+    let err = Service::builder("tester", "1.2.3")
+        .endpoint::<Plain<0>>()
+        .endpoint::<Plain<1>>()
+        .serve(nats.clone(), state.clone())
+        .await
+        .expect_err("the second subject is refused");
+    assert!(matches!(err, nats_rpc::ServeError::Subscribe(_)), "{err:?}");
+    assert_eq!(
+        Arc::strong_count(&state),
+        1,
+        "a reader still holds the state"
+    );
+    nats.flush().await.unwrap();
+    let asked = tokio::time::timeout(
+        Duration::from_secs(5),
+        nats.request("test.plain", Bytes::from_static(b"{}")),
+    )
+    .await
+    .expect("answered or refused in time");
+    assert!(
+        matches!(&asked, Err(err) if err.kind() == async_nats::RequestErrorKind::NoResponders),
+        "the first endpoint still answers: {asked:?}"
     );
 }
 

@@ -357,10 +357,6 @@ fn closest(
 
     let depth_of = |error: &jsonschema::ValidationError<'_>| error.instance_path().iter().count();
 
-    let firsts: Vec<&jsonschema::ValidationError<'static>> = branches
-        .iter()
-        .filter_map(|errors| errors.first())
-        .collect();
     // A tag names another variant: a `const` refused on a member of the object itself, or on
     // the value itself (a unit enum whose variants have docs is a `oneOf` of `const`s). An
     // enum-typed field deeper in with a wrong value is that field's mistake to tell.
@@ -400,7 +396,10 @@ fn closest(
         }
     }
     let candidates = if matching.is_empty() {
-        firsts
+        branches
+            .iter()
+            .filter_map(|errors| errors.first())
+            .collect()
     } else {
         matching
     };

@@ -11,8 +11,8 @@ use crate::args::Args;
 /// Context<'_>]) -> Result<<response>, <error>>`, as far as it is written so.
 pub struct Handler<'a> {
     pub func: &'a ItemFn,
-    /// The attribute's arguments, when they parsed.
-    pub args: Option<Args>,
+    /// The attribute's arguments, as far as they could be read.
+    pub args: Args,
     /// The types of the typed parameters, in order (a `self` receiver is not one).
     pub params: Vec<&'a Type>,
     /// `Response` and `Error` of `-> Result<Response, Error>`, when the return type is written
@@ -30,7 +30,7 @@ pub enum Third {
 }
 
 impl<'a> Handler<'a> {
-    pub fn from_syn(func: &'a ItemFn, args: Option<Args>) -> Self {
+    pub fn from_syn(func: &'a ItemFn, args: Args) -> Self {
         let params = func
             .sig
             .inputs
@@ -82,12 +82,12 @@ impl<'a> Handler<'a> {
 
     /// The `subject` argument's value.
     pub fn subject(&self) -> Option<String> {
-        self.args.as_ref().map(|args| args.subject.value())
+        self.args.subject.as_ref().map(syn::LitStr::value)
     }
 
     /// The NATS micro endpoint name: the `name` argument, else the fn's name.
     pub fn name(&self) -> String {
-        match self.args.as_ref().and_then(|args| args.name.as_ref()) {
+        match &self.args.name {
             Some(name) => name.value(),
             None => self.ident().to_string(),
         }
@@ -140,6 +140,7 @@ mod tests {
     use syn::{ItemFn, parse_quote};
 
     use super::{Handler, Third};
+    use crate::args::Args;
 
     fn text(ty: Option<&syn::Type>) -> Option<String> {
         ty.map(|ty| ty.to_token_stream().to_string())
@@ -151,7 +152,7 @@ mod tests {
             pub async fn set(state: &Db, request: SetRequest, context: nats_rpc::Context<'_>)
                 -> Result<SetReply, KvError> { todo!() }
         };
-        let handler = Handler::from_syn(&func, None);
+        let handler = Handler::from_syn(&func, Args::default());
         assert_eq!(text(handler.state()).as_deref(), Some("Db"));
         assert_eq!(text(handler.request()).as_deref(), Some("SetRequest"));
         assert_eq!(handler.third(), Some(Third::Context));
@@ -169,7 +170,7 @@ mod tests {
         let func: ItemFn = parse_quote! {
             fn get(&self, state: Db, request: &GetRequest, extra: u8) -> Result<GetReply> {}
         };
-        let handler = Handler::from_syn(&func, None);
+        let handler = Handler::from_syn(&func, Args::default());
         assert_eq!(handler.params.len(), 3);
         assert!(handler.state().is_none());
         assert_eq!(text(handler.request()).as_deref(), Some("& GetRequest"));
@@ -177,10 +178,13 @@ mod tests {
         assert!(handler.result.is_none());
 
         let func: ItemFn = parse_quote! { async fn f(s: &S, r: R) -> std::result::Result<A, B> {} };
-        assert!(Handler::from_syn(&func, None).result.is_some());
+        assert!(Handler::from_syn(&func, Args::default()).result.is_some());
         let func: ItemFn = parse_quote! { async fn f(s: &S, r: R) -> Option<A> {} };
-        assert!(Handler::from_syn(&func, None).result.is_none());
+        assert!(Handler::from_syn(&func, Args::default()).result.is_none());
         let func: ItemFn = parse_quote! { async fn f(s: &S, r: R, x: Subject<'_>) {} };
-        assert_eq!(Handler::from_syn(&func, None).third(), Some(Third::Subject));
+        assert_eq!(
+            Handler::from_syn(&func, Args::default()).third(),
+            Some(Third::Subject)
+        );
     }
 }

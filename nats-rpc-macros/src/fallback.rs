@@ -1,4 +1,5 @@
-//! On any error: the item exactly as written, the `compile_error!`s, and, when the item is a
+//! On any error: the item as written (a fn without its `const`, already reported, whose own
+//! checks would only add errors), the `compile_error!`s, and, when the item is a
 //! fn, the endpoint type of the same name with a stand-in `Endpoint` impl. Keeping the fn means
 //! code that calls it still type-checks, and keeping the type means code that registers it
 //! (`Service::builder(..).endpoint::<get>()`) does too: the user sees only the real mistakes,

@@ -3,9 +3,10 @@
 //!
 //! The macro is a pipeline, shaped like thiserror's: `args` parses the attribute, `ast` reads a
 //! model of the handler from the `fn` without judging it, `valid` checks the model against every
-//! rule, `expand` renders the glue for a valid model, and `fallback` renders the fn untouched,
-//! the errors and a stand-in endpoint type built from what the model could read, so a mistake shows up once, on the user's own token, and never as a cascade from
-//! half-generated code or from code that registers the endpoint.
+//! rule, `expand` renders the glue for a valid model, and `fallback` renders the fn as written
+//! (less a reported `const`), the errors and a stand-in endpoint type built from what the model
+//! could read, so a mistake shows up once, on the user's own token, and never as a cascade
+//! from half-generated code or from code that registers the endpoint.
 
 mod args;
 mod ast;
@@ -30,15 +31,17 @@ pub fn nats_rpc(attr: TokenStream, item: TokenStream) -> TokenStream {
             return fallback::render(item, None, err).into();
         }
     };
-    let (args, args_error) = match syn::parse::Parser::parse(args::Args::parse_terminated, attr) {
-        Ok(args) => (Some(args), None),
-        Err(err) => (None, Some(err)),
-    };
+    let (args, args_error) = args::Args::parse(attr.into());
     let handler = ast::Handler::from_syn(&func, args);
     match valid::check(&handler, args_error) {
         Ok(()) => expand::render(&handler).into(),
         Err(err) => {
-            let item = quote::ToTokens::into_token_stream(&func);
+            // The fn is emitted as written, so what uses it still resolves, but without a
+            // `const` (already reported): rustc's checks of a const fn (a destructor it cannot
+            // run, E0493) would only add errors the fix removes.
+            let mut written = func.clone();
+            written.sig.constness = None;
+            let item = quote::ToTokens::into_token_stream(&written);
             fallback::render(item, Some(&handler), err).into()
         }
     }

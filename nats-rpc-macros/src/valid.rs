@@ -11,7 +11,7 @@ const SHAPE: &str = "`async fn name(state: &State, request: Request) -> Result<R
 const SUBJECT_PARAM: &str = "`subject: nats_rpc::Subject<'_>` or `context: nats_rpc::Context<'_>`";
 
 /// Checks every rule and reports all violations together, each on the offending token: the
-/// attribute's (`args_error`, from parsing it) first, then the fn's.
+/// attribute's (`args_error`, from reading it) first, then the fn's.
 pub fn check(handler: &Handler<'_>, args_error: Option<syn::Error>) -> syn::Result<()> {
     let sig = &handler.func.sig;
     let mut errors = args_error;
@@ -23,11 +23,11 @@ pub fn check(handler: &Handler<'_>, args_error: Option<syn::Error>) -> syn::Resu
     check(is_async(sig));
     check(plain_fn(sig));
     check(not_generic(sig));
-    if let Some(args) = &handler.args {
-        check(subject(&args.subject));
-        if let Some(name) = &args.name {
-            check(endpoint_name(name));
-        }
+    if let Some(lit) = &handler.args.subject {
+        check(subject(lit));
+    }
+    if let Some(name) = &handler.args.name {
+        check(endpoint_name(name));
     }
     check(params(sig, handler.swapped()));
     check(output(sig, handler.result));
@@ -416,10 +416,11 @@ mod check_tests {
     use syn::{ItemFn, parse_quote};
 
     use super::check;
+    use crate::args::Args;
     use crate::ast::Handler;
 
     fn errors(func: ItemFn) -> Vec<String> {
-        let handler = Handler::from_syn(&func, None);
+        let handler = Handler::from_syn(&func, Args::default());
         match check(&handler, None) {
             Ok(()) => Vec::new(),
             Err(err) => err.into_iter().map(|err| err.to_string()).collect(),
@@ -431,6 +432,24 @@ mod check_tests {
         let func: ItemFn =
             parse_quote! { async fn get(s: &S, r: R, c: Context<'_>) -> Result<A, B> {} };
         assert_eq!(errors(func), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_wrong_argument_does_not_hide_the_subject_rules() {
+        let func: ItemFn = parse_quote! { async fn get(s: &S, r: R) -> Result<A, B> {} };
+        let (args, args_error) = Args::parse(quote::quote!(subject = "a*", nmae = "x"));
+        let handler = Handler::from_syn(&func, args);
+        let found: Vec<String> = check(&handler, args_error)
+            .expect_err("two mistakes")
+            .into_iter()
+            .map(|err| err.to_string())
+            .collect();
+        assert_eq!(found.len(), 2, "{found:#?}");
+        assert!(
+            found[0].starts_with("unknown argument `nmae`"),
+            "{found:#?}"
+        );
+        assert!(found[1].contains("`*`"), "{found:#?}");
     }
 
     #[test]

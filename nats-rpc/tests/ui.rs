@@ -2,8 +2,8 @@
 //! (tests/ui/*.rs with their .stderr). Bless changes with `TRYBUILD=overwrite` and review the
 //! diff. Valid handlers under a bare prelude and strict lints are ordinary test targets
 //! (expansion_hygiene.rs, expansion_lints.rs): with compile-fail cases only, trybuild runs
-//! `cargo check`, so its private copy of the dependency tree is checked, not built (from a
-//! clean target: 113 s with two pass cases, 61 s without; the same diagnostics).
+//! `cargo check`, so its private copy of the dependency tree is checked, not built (about
+//! half the time, with the same diagnostics).
 
 #[test]
 fn ui() {

@@ -11,12 +11,15 @@ use serde_json::value::RawValue;
 
 use crate::store::{self, Store, StoreError};
 
-/// `plugin_name` rule, shared by every request.
+/// Longest plugin name, in characters (all ASCII).
+const MAX_PLUGIN_NAME_CHARS: usize = 100;
+/// `plugin_name` rule, shared by every request (a regex literal: a unit test holds its bound to
+/// [`MAX_PLUGIN_NAME_CHARS`]).
 const PLUGIN_NAME_PATTERN: &str = "^[a-z0-9_-]{1,100}$";
 /// [`PLUGIN_NAME_PATTERN`] as code, for plugin names that arrive outside a request body (the
 /// per-plugin subjects' token); a unit test holds the two in agreement.
 fn is_plugin_name(name: &str) -> bool {
-    (1..=100).contains(&name.len())
+    (1..=MAX_PLUGIN_NAME_CHARS).contains(&name.len())
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
@@ -25,14 +28,28 @@ fn is_plugin_name(name: &str) -> bool {
 pub use crate::value::MAX_VALUE_BYTES;
 use crate::value::MAX_VALUE_DEPTH;
 /// Longest key, in characters (Unicode scalar values, as JSON Schema's `maxLength` counts).
-const MAX_KEY_CHARS: u32 = 255;
+pub const MAX_KEY_CHARS: u32 = 255;
 /// Longest time to live, in seconds (the largest signed 32-bit integer, as the original
 /// service's).
-const MAX_TTL_SECONDS: u32 = 2_147_483_647;
+pub const MAX_TTL_SECONDS: u32 = 2_147_483_647;
 /// Most keys one `list` returns.
-const MAX_LIST_LIMIT: u32 = 10_000;
+pub const MAX_LIST_LIMIT: u32 = 10_000;
 /// `list` limit when the request gives none.
-const DEFAULT_LIMIT: u32 = 1000;
+pub const DEFAULT_LIMIT: u32 = 1000;
+
+// The schemas' descriptions of the limited fields, written from the limits (the docs' tables
+// are held to the same constants by a test).
+fn key_rule() -> String {
+    format!("1 to {MAX_KEY_CHARS} characters.")
+}
+
+fn value_rule() -> String {
+    format!("Any JSON value, `null` included; at most {MAX_VALUE_BYTES} bytes as compact JSON.")
+}
+
+fn limit_rule() -> String {
+    format!("Most keys to return, 1 to {MAX_LIST_LIMIT}; default {DEFAULT_LIMIT}.")
+}
 
 /// `VALUE_TOO_LARGE`: the one domain error code.
 const VALUE_TOO_LARGE: ErrorCode = ErrorCode::new(
@@ -47,13 +64,13 @@ pub struct SetRequest {
     /// The calling plugin's namespace.
     #[schemars(regex(pattern = PLUGIN_NAME_PATTERN))]
     pub plugin_name: String,
-    /// 1 to 255 characters.
-    #[schemars(length(min = 1, max = MAX_KEY_CHARS))]
+    /// The key, 1 to [`MAX_KEY_CHARS`] characters.
+    #[schemars(description = key_rule(), length(min = 1, max = MAX_KEY_CHARS))]
     pub key: String,
-    /// Any JSON value, `null` included; at most 65536 bytes as compact JSON.
+    /// Any JSON value, `null` included; at most [`MAX_VALUE_BYTES`] as compact JSON.
     // `tsType`: json-schema-to-typescript types a schema without `type` as an object, where any
     // JSON value is meant; validators and other generators ignore the keyword.
-    #[schemars(extend("tsType" = "unknown"))]
+    #[schemars(description = value_rule(), extend("tsType" = "unknown"))]
     pub value: Box<RawValue>,
     /// Seconds until the key expires; absent or `null` means never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -67,8 +84,8 @@ pub struct GetRequest {
     /// The calling plugin's namespace.
     #[schemars(regex(pattern = PLUGIN_NAME_PATTERN))]
     pub plugin_name: String,
-    /// 1 to 255 characters.
-    #[schemars(length(min = 1, max = MAX_KEY_CHARS))]
+    /// The key, 1 to [`MAX_KEY_CHARS`] characters.
+    #[schemars(description = key_rule(), length(min = 1, max = MAX_KEY_CHARS))]
     pub key: String,
 }
 
@@ -78,8 +95,8 @@ pub struct DeleteRequest {
     /// The calling plugin's namespace.
     #[schemars(regex(pattern = PLUGIN_NAME_PATTERN))]
     pub plugin_name: String,
-    /// 1 to 255 characters.
-    #[schemars(length(min = 1, max = MAX_KEY_CHARS))]
+    /// The key, 1 to [`MAX_KEY_CHARS`] characters.
+    #[schemars(description = key_rule(), length(min = 1, max = MAX_KEY_CHARS))]
     pub key: String,
 }
 
@@ -93,9 +110,13 @@ pub struct ListRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("default" = ""))]
     pub prefix: Option<String>,
-    /// Most keys to return, 1 to 10000; default 1000.
+    /// Most keys to return, 1 to [`MAX_LIST_LIMIT`]; default [`DEFAULT_LIMIT`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = MAX_LIST_LIMIT), extend("default" = DEFAULT_LIMIT))]
+    #[schemars(
+        description = limit_rule(),
+        range(min = 1, max = MAX_LIST_LIMIT),
+        extend("default" = DEFAULT_LIMIT)
+    )]
     pub limit: Option<u32>,
 }
 
@@ -106,11 +127,11 @@ pub struct PluginSetRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = PLUGIN_NAME_PATTERN))]
     pub plugin_name: Option<String>,
-    /// 1 to 255 characters.
-    #[schemars(length(min = 1, max = MAX_KEY_CHARS))]
+    /// The key, 1 to [`MAX_KEY_CHARS`] characters.
+    #[schemars(description = key_rule(), length(min = 1, max = MAX_KEY_CHARS))]
     pub key: String,
-    /// Any JSON value, `null` included; at most 65536 bytes as compact JSON.
-    #[schemars(extend("tsType" = "unknown"))]
+    /// Any JSON value, `null` included; at most [`MAX_VALUE_BYTES`] as compact JSON.
+    #[schemars(description = value_rule(), extend("tsType" = "unknown"))]
     pub value: Box<RawValue>,
     /// Seconds until the key expires; absent or `null` means never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -125,8 +146,8 @@ pub struct PluginKeyRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = PLUGIN_NAME_PATTERN))]
     pub plugin_name: Option<String>,
-    /// 1 to 255 characters.
-    #[schemars(length(min = 1, max = MAX_KEY_CHARS))]
+    /// The key, 1 to [`MAX_KEY_CHARS`] characters.
+    #[schemars(description = key_rule(), length(min = 1, max = MAX_KEY_CHARS))]
     pub key: String,
 }
 
@@ -141,9 +162,13 @@ pub struct PluginListRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("default" = ""))]
     pub prefix: Option<String>,
-    /// Most keys to return, 1 to 10000; default 1000.
+    /// Most keys to return, 1 to [`MAX_LIST_LIMIT`]; default [`DEFAULT_LIMIT`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = MAX_LIST_LIMIT), extend("default" = DEFAULT_LIMIT))]
+    #[schemars(
+        description = limit_rule(),
+        range(min = 1, max = MAX_LIST_LIMIT),
+        extend("default" = DEFAULT_LIMIT)
+    )]
     pub limit: Option<u32>,
 }
 
@@ -310,10 +335,10 @@ impl<E: RpcError> RpcError for PluginError<E> {
 
     fn message(&self) -> Cow<'_, str> {
         match self {
-            PluginError::Scope(ScopeError::InvalidSubject) => Cow::Borrowed(
-                "The subject's plugin token must match ^[a-z0-9_-]{1,100}$ \
-                 (rosey.db.kv.<plugin_name>.<op>)",
-            ),
+            PluginError::Scope(ScopeError::InvalidSubject) => Cow::Owned(format!(
+                "The subject's plugin token must match {PLUGIN_NAME_PATTERN} \
+                 (rosey.db.kv.<plugin_name>.<op>)"
+            )),
             PluginError::Scope(ScopeError::Mismatch { plugin }) => Cow::Owned(format!(
                 "Field 'plugin_name' must be '{plugin}', the plugin named by the subject"
             )),
@@ -608,8 +633,8 @@ mod tests {
     fn is_plugin_name_agrees_with_the_schema_pattern() {
         let schema = serde_json::json!({"type": "string", "pattern": super::PLUGIN_NAME_PATTERN});
         let pattern = jsonschema::validator_for(&schema).unwrap();
-        let long = "a".repeat(100);
-        let too_long = "a".repeat(101);
+        let long = "a".repeat(super::MAX_PLUGIN_NAME_CHARS);
+        let too_long = "a".repeat(super::MAX_PLUGIN_NAME_CHARS + 1);
         for name in [
             "chat",
             "a",
@@ -628,6 +653,53 @@ mod tests {
                 super::is_plugin_name(name),
                 pattern.is_valid(&serde_json::json!(name)),
                 "{name:?}"
+            );
+        }
+    }
+
+    /// The limits are written once, as constants; the texts that state them (the error
+    /// catalogue's description, the plugin-author docs) are held to those constants here.
+    #[test]
+    fn the_texts_state_the_limits_the_code_enforces() {
+        use super::{DEFAULT_LIMIT, MAX_KEY_CHARS, MAX_LIST_LIMIT, MAX_TTL_SECONDS};
+        use crate::value::MAX_VALUE_BYTES;
+        assert!(
+            super::VALUE_TOO_LARGE
+                .description
+                .contains(&format!("over {MAX_VALUE_BYTES} bytes"))
+        );
+        let docs = include_str!("../../docs/NATS_SUBJECTS.md");
+        for (field, rule) in [
+            ("key", format!("1..={MAX_KEY_CHARS} characters")),
+            (
+                "value",
+                format!("at most {MAX_VALUE_BYTES} bytes as compact JSON"),
+            ),
+            ("ttl_seconds", format!("1..={MAX_TTL_SECONDS};")),
+            (
+                "limit",
+                format!("1..={MAX_LIST_LIMIT} | default {DEFAULT_LIMIT}"),
+            ),
+        ] {
+            let row = docs
+                .lines()
+                .find(|line| line.starts_with(&format!("| `{field}` |")))
+                .unwrap_or_else(|| panic!("docs/NATS_SUBJECTS.md has no row for `{field}`"));
+            assert!(
+                row.contains(&rule),
+                "the `{field}` row does not say {rule:?}: {row}"
+            );
+        }
+        // Each message with what follows its number, so a stale number that is the start of
+        // the right one (25 for 255) is not taken for it.
+        for message in [
+            format!("`Field 'key' must be at most {MAX_KEY_CHARS} characters long`"),
+            format!("`Field 'ttl_seconds' must be <= {MAX_TTL_SECONDS}`"),
+            format!("`Field 'limit' must be <= {MAX_LIST_LIMIT}`"),
+        ] {
+            assert!(
+                docs.contains(&message),
+                "docs/NATS_SUBJECTS.md does not give {message}"
             );
         }
     }

@@ -53,6 +53,9 @@ pub enum Command {
     },
 }
 
+/// Most `--read-connections`.
+const MAX_READ_CONNECTIONS: i64 = 64;
+
 /// How to serve.
 #[derive(Debug, Clone, Args)]
 pub struct ServeConfig {
@@ -94,7 +97,7 @@ pub struct ServeConfig {
     #[arg(long, env = "MIRROR_MB", default_value_t = crate::store::DEFAULT_MIRROR_MB, global = true)]
     pub mirror_mb: usize,
     /// Database connections serving reads (PostgreSQL; SQLite when the mirror is off).
-    #[arg(long, env = "READ_CONNECTIONS", default_value_t = crate::store::DEFAULT_READ_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..=64), global = true)]
+    #[arg(long, env = "READ_CONNECTIONS", default_value_t = crate::store::DEFAULT_READ_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..=MAX_READ_CONNECTIONS), global = true)]
     pub read_connections: u32,
     /// PostgreSQL: milliseconds a statement may run (a lock held elsewhere, a hung server)
     /// before the request is answered INTERNAL_ERROR.
@@ -343,7 +346,7 @@ fn redact_userinfo(url: &str) -> String {
     let schemes = url.contains("://");
     let starts_server = |rest: &str| {
         let name = rest
-            .find(|c: char| !(c.is_ascii_alphanumeric() || "+-.".contains(c)))
+            .find(|c: char| !crate::store::is_scheme_char(c))
             .unwrap_or(rest.len());
         !schemes || (name > 0 && rest[name..].starts_with("://"))
     };
@@ -377,6 +380,18 @@ fn redact_userinfo(url: &str) -> String {
 }
 
 impl ServeConfig {
+    /// Every setting at its default, as the command line declares it (the environment is not
+    /// read): for embedding the service, and for tests that change a few settings.
+    pub fn defaults() -> Self {
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = Cli::command()
+            .mut_args(|arg| arg.env(None::<&str>))
+            .no_binary_name(true)
+            .try_get_matches_from(std::iter::empty::<String>())
+            .expect("the declared defaults parse");
+        ServeConfig::from_arg_matches(&matches).expect("the declared defaults are a config")
+    }
+
     /// How the store is opened for serving.
     pub(crate) fn store_options(&self) -> crate::store::StoreOptions {
         crate::store::StoreOptions {
@@ -412,6 +427,26 @@ mod tests {
                 cells[1..cells.len() - 1].to_vec()
             })
             .collect()
+    }
+
+    /// `ServeConfig::defaults` is what the command line gives when nothing is set: the same
+    /// declared defaults, read without the environment.
+    #[test]
+    fn defaults_are_the_command_lines() {
+        let config = super::ServeConfig::defaults();
+        assert_eq!(config.nats_url, "nats://127.0.0.1:4222");
+        assert_eq!(config.database_url, "sqlite://kv.db");
+        assert_eq!(config.purge_interval, super::Duration::from_secs(300));
+        assert_eq!(config.nats_connect_timeout, super::Duration::from_secs(10));
+        assert_eq!(config.max_in_flight, nats_rpc::DEFAULT_MAX_IN_FLIGHT);
+        assert_eq!(
+            config.read_connections,
+            crate::store::DEFAULT_READ_CONNECTIONS
+        );
+        assert_eq!(config.worker_threads, 1);
+        assert_eq!(config.queue_group, nats_rpc::DEFAULT_QUEUE_GROUP);
+        assert_eq!(config.request_timeout, None);
+        assert!(!config.synchronous_full && !config.plugin_subjects);
     }
 
     /// Each default in the README's table is the one clap applies (a switch, or an option with

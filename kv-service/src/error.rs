@@ -4,6 +4,8 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use crate::store::StoreError;
 
@@ -12,9 +14,10 @@ use crate::store::StoreError;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The Prometheus recorder could not be installed (`--metrics-addr`).
+    /// The Prometheus recorder could not be installed (`--metrics-addr`). Its error is in the
+    /// message, not in `source()`: its text already ends with its own cause.
     #[error("cannot install the metrics recorder: {0}")]
-    MetricsRecorder(String),
+    MetricsRecorder(Arc<metrics_exporter_prometheus::BuildError>),
     /// `--metrics-addr` cannot be bound (taken, or not an address of this host).
     #[error("cannot serve metrics on {addr}")]
     MetricsAddr {
@@ -49,12 +52,14 @@ pub enum Error {
     },
     /// NATS did not accept a connection within `--nats-connect-timeout`.
     #[error(
-        "cannot connect to NATS at {url}: {last_error} (tried {attempts} times in {seconds:.1} s; \
+        "cannot connect to NATS at {url} (tried {attempts} times in {seconds:.1} s; \
          --nats-connect-timeout)"
     )]
     NatsUnreachable {
         url: String,
-        last_error: String,
+        /// Why the last attempt failed.
+        #[source]
+        last_error: ConnectAttempt,
         attempts: u32,
         seconds: f64,
     },
@@ -93,4 +98,16 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Why one attempt to reach NATS at start failed, in a way worth trying again.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectAttempt {
+    /// Refused or unreachable. A leaf: async-nats's message already ends with its cause, which
+    /// as a `source()` would be printed twice.
+    #[error("{0}")]
+    Refused(async_nats::ConnectError),
+    /// Nothing answered within the attempt's time.
+    #[error("no answer within {} ms", .0.as_millis())]
+    Silent(Duration),
 }

@@ -19,7 +19,7 @@ use nats_rpc::Service;
 
 pub use config::ServeConfig;
 use config::redact_url;
-pub use error::Error;
+pub use error::{ConnectAttempt, Error};
 use store::{Store, StoreOptions};
 
 /// Opens the store, connects to NATS, checks that no instance on another store serves the
@@ -124,7 +124,7 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()>) -> 
     let _ = purger.await;
     let _ = watcher.await;
     // Bounded: with the server gone, async-nats would wait for it to come back.
-    match tokio::time::timeout(Duration::from_secs(2), nats.drain()).await {
+    match tokio::time::timeout(NATS_DRAIN_TIMEOUT, nats.drain()).await {
         Ok(Ok(())) => {}
         Ok(Err(err)) => tracing::debug!(%err, "closing the NATS connection"),
         Err(_) => tracing::warn!("NATS did not confirm the last replies in time"),
@@ -221,10 +221,15 @@ async fn copy_pages(
     }
 }
 
+/// The longest the NATS connection's own drain may take at shutdown (the replies sent are
+/// confirmed by the server; without a server it would wait for one to come back).
+const NATS_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The longest one connection attempt may take (a host that never answers).
 const CONNECT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The first pause between connection attempts at start; it doubles up to the next.
 const CONNECT_FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// The longest pause between connection attempts at start.
 const CONNECT_MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Connects to NATS, retrying with backoff for `--nats-connect-timeout` (the bus may start
@@ -243,7 +248,7 @@ async fn connect(config: &ServeConfig) -> Result<async_nats::Client, Error> {
         let error = match connect_once(config, limit).await {
             Ok(client) => return Ok(client),
             Err(ConnectFailure::Fatal(err)) => return Err(err),
-            Err(ConnectFailure::Retry(reason)) => reason,
+            Err(ConnectFailure::Retry(attempt_error)) => attempt_error,
         };
         let remaining = give_up.saturating_duration_since(tokio::time::Instant::now());
         if remaining.is_zero() {
@@ -268,7 +273,7 @@ async fn connect(config: &ServeConfig) -> Result<async_nats::Client, Error> {
 
 enum ConnectFailure {
     /// Worth trying again (refused, unreachable, timed out).
-    Retry(String),
+    Retry(ConnectAttempt),
     /// Will not get better (unreadable credentials).
     Fatal(Error),
 }
@@ -325,13 +330,10 @@ async fn connect_once(
                     source: err,
                 }))
             } else {
-                Err(ConnectFailure::Retry(err.to_string()))
+                Err(ConnectFailure::Retry(ConnectAttempt::Refused(err)))
             }
         }
-        Err(_) => Err(ConnectFailure::Retry(format!(
-            "no answer within {} ms",
-            limit.as_millis()
-        ))),
+        Err(_) => Err(ConnectFailure::Retry(ConnectAttempt::Silent(limit))),
     }
 }
 

@@ -13,7 +13,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -43,20 +43,21 @@ const STORE_INFO: &str = "kv_store_info";
 /// The process-wide Prometheus recorder, installed on first use (before the store opens and
 /// the service registers its endpoints, whose metric handles bind to the recorder of that
 /// moment). Several services in one process (tests) share it.
-pub(crate) fn recorder() -> Result<PrometheusHandle, String> {
-    static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
+pub(crate) fn recorder() -> Result<PrometheusHandle, Arc<BuildError>> {
+    // The outcome is kept for later calls, so a failure is shared, not cloned.
+    static HANDLE: OnceLock<Result<PrometheusHandle, Arc<BuildError>>> = OnceLock::new();
     // Installed inside `get_or_init`: concurrent first calls wait for the one install.
     HANDLE.get_or_init(install).clone()
 }
 
-fn install() -> Result<PrometheusHandle, String> {
+fn install() -> Result<PrometheusHandle, Arc<BuildError>> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
         .and_then(|builder| {
             builder.set_buckets_for_metric(Matcher::Full(store::BATCH_METRIC.into()), BATCH_BUCKETS)
         })
         .and_then(PrometheusBuilder::install_recorder)
-        .map_err(|err| err.to_string())?;
+        .map_err(Arc::new)?;
     describe();
     Ok(handle)
 }

@@ -30,6 +30,11 @@ use serde_json::value::RawValue;
 /// A stored value: JSON text, shared without copying between the store and replies.
 pub type Value = Arc<RawValue>;
 
+/// Whether `c` may stand in a URL scheme's name (RFC 3986: letters, digits, `+`, `-`, `.`).
+pub(crate) fn is_scheme_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "+-.".contains(c)
+}
+
 /// Which database a URL names: `postgres://` and `postgresql://` are PostgreSQL; `sqlite:` URLs
 /// and bare paths are SQLite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,9 +57,7 @@ impl Backend {
         } else {
             // Named only when it is a scheme's shape: what precedes `://` in a mistyped URL
             // may be a password.
-            let shaped = scheme
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+            let shaped = scheme.chars().all(is_scheme_char);
             Err(StoreError::UnsupportedScheme(
                 (shaped && !scheme.is_empty()).then(|| scheme.to_owned()),
             ))

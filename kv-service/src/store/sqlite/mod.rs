@@ -76,7 +76,7 @@ impl Sqlite {
             })
             // Only another process can hold the lock (the service has one writer); past this a
             // write fails with INTERNAL_ERROR rather than leave its caller waiting.
-            .busy_timeout(Duration::from_secs(2))
+            .busy_timeout(commit::BUSY_TIMEOUT)
             // Only takes effect when the file is created (a WAL database keeps its page size).
             .page_size(PAGE_SIZE);
         let path = base.get_filename();
@@ -379,25 +379,23 @@ fn split_id(id: &[u8]) -> Result<(&str, &str), StoreError> {
 /// How often committed WAL frames are copied into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
-/// The write connection's `wal_autocheckpoint`, in frames: ~40 MB of log with 2 KB pages.
-/// Raised past what the fastest sets gather between two ticks (~27,000 frames), it kept the
-/// runtime thread free at every rate but let the log file grow to 120 MB under 60 KB sets,
-/// whose long commits on the writer thread make RESTART give up; so it stays. Nor did sets run
-/// faster for it, at 64 in flight where this limit is still met (README, benchmarks).
+/// The write connection's `wal_autocheckpoint`, in frames: ~40 MB of log with 2 KB pages, a
+/// backstop for when the background checkpoint cannot keep up. Higher, the log file grows
+/// without bound under large values, whose long commits make the RESTART give up; the
+/// measurements are in the README's benchmarks.
 const WRITER_AUTOCHECKPOINT_FRAMES: &str = "20000";
 
 /// WAL frames past which a background checkpoint also restarts the log.
 ///
 /// Under steady writes a PASSIVE checkpoint never catches up: frames keep arriving while it
-/// copies, so the log is never found fully copied and never starts over. It then grew until the
-/// writer's own `wal_autocheckpoint` fired inside a commit, on the runtime thread: the rest of
-/// the log copied and two `fsync`s, milliseconds in which nothing was read or answered (seen
-/// with `strace -k` under the kv bench's sets, once every 20,000 frames, the backstop's
-/// limit). A RESTART right after the PASSIVE pass copies only what arrived meanwhile and makes
-/// the next commit start the log over. It holds the write lock while it runs, so a commit in
-/// place finds the database busy and goes to the writer thread, which waits for it: the
-/// runtime thread does not. Only writes that gather more than the backstop's frames between
-/// two ticks (40,000 frames a second and more) still reach it.
+/// copies, so the log is never found fully copied and never starts over. It then grows until
+/// the writer's own `wal_autocheckpoint` fires inside a commit, on the runtime thread (the rest
+/// of the log copied and two `fsync`s: milliseconds in which nothing is read or answered). A
+/// RESTART right after the PASSIVE pass copies only what arrived meanwhile and makes the next
+/// commit start the log over. It holds the write lock while it runs, so a commit in place
+/// finds the database busy and goes to the writer thread, which waits for it: the runtime
+/// thread does not. Only writes that gather more than [`WRITER_AUTOCHECKPOINT_FRAMES`] between
+/// two ticks still reach the backstop.
 const RESTART_FRAMES: i64 = 4096;
 
 /// How long the checkpointer's RESTART waits for the writer's transaction, then for readers

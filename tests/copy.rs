@@ -8,12 +8,13 @@ use std::process::Command;
 use std::str::FromStr;
 use std::time::Duration;
 
-use common::{BIN, absent, client, found, instance, ok, wait_for_instances};
+use common::{BIN, client, instance, wait_for_instances};
 use serde_json::{Value, json};
 use sqlx::ConnectOptions;
 use test_support::NatsServer;
 use test_support::Postgres;
 use test_support::call;
+use test_support::envelope::{absent, found, ok};
 
 /// `(stdout, stderr)` of a successful `kv-service copy`.
 fn copy(from: &str, to: &str) -> (String, String) {

@@ -10,13 +10,12 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{
-    Outcome, client, found, instance, internal_error, ok, request, serving, wait_for_instances,
-};
+use common::{Outcome, client, instance, request, serving, wait_for_instances};
 use serde_json::json;
 use sqlx::{ConnectOptions, Connection};
 use test_support::NatsServer;
 use test_support::call;
+use test_support::envelope::{found, internal_error, ok};
 use test_support::{Postgres, free_port};
 
 /// What 16 writers saw: the last acknowledged value per key, and every other outcome counted.

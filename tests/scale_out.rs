@@ -8,11 +8,12 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{absent, client, found, instance, ok, request, wait_for_instances};
+use common::{client, instance, request, wait_for_instances};
 use serde_json::json;
 use test_support::NatsServer;
 use test_support::Postgres;
 use test_support::call;
+use test_support::envelope::{absent, found, ok};
 
 /// 3 instances, 16 clients writing for 3 s with a read-back of each write right after its
 /// acknowledgement (NATS sends it to any of the three); then every acknowledged write read

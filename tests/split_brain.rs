@@ -8,11 +8,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{client, found, instance, ok, wait_for_instances};
+use common::{client, instance, wait_for_instances};
 use kv_service::store::{Store, StoreOptions};
 use serde_json::json;
 use test_support::NatsServer;
 use test_support::call;
+use test_support::envelope::{found, ok};
 use test_support::{Postgres, Service};
 
 fn sqlite_url(dir: &tempfile::TempDir, file: &str) -> String {

@@ -31,11 +31,17 @@ fn unreachable_nats_is_retried_then_fails_naming_the_url() {
         "gave up after {elapsed:?}"
     );
     assert!(log.contains("retrying"), "each failure is logged: {log}");
+    let last = log
+        .lines()
+        .rev()
+        .find(|line| line.contains(&format!("cannot connect to NATS at {url} (tried")))
+        .unwrap_or_else(|| panic!("the error names the URL and the attempts: {log}"));
     assert!(
-        log.contains(&format!("cannot connect to NATS at {url}"))
-            && log.contains("--nats-connect-timeout"),
-        "the error names the URL and the setting: {log}"
+        last.contains("--nats-connect-timeout"),
+        "and the setting: {last}"
     );
+    // The last failure is given once, at the end of the chain.
+    assert_eq!(last.matches("os error").count(), 1, "{last}");
 }
 
 /// The bus coming up after the service (container start order): it connects once NATS is

@@ -16,6 +16,7 @@ use common::process::{Running, ready};
 use serde_json::{Value, json};
 use test_support::NatsServer;
 use test_support::call;
+use test_support::envelope::{internal_error, ok};
 
 /// A tmpfs of `size` mounted on a fresh folder, unmounted when dropped.
 struct Tmpfs {
@@ -87,17 +88,6 @@ fn fill(path: &Path) -> u64 {
     written
 }
 
-const INTERNAL: &str =
-    r#"{"success":false,"error":{"code":"INTERNAL_ERROR","message":"Internal error"}}"#;
-
-fn internal() -> Value {
-    serde_json::from_str(INTERNAL).unwrap()
-}
-
-fn ok() -> Value {
-    json!({"success": true, "data": {}})
-}
-
 async fn set(client: &async_nats::Client, key: &str, value: &str) -> Value {
     call(
         client,
@@ -136,7 +126,7 @@ async fn a_full_disk_answers_internal_error_and_recovers_when_space_returns() {
         } else {
             assert_eq!(
                 reply,
-                internal(),
+                internal_error(),
                 "a disk fault is INTERNAL_ERROR, nothing else"
             );
             failed += 1;
@@ -168,7 +158,7 @@ async fn a_full_disk_answers_internal_error_and_recovers_when_space_returns() {
         if reply == ok() {
             break;
         }
-        assert_eq!(reply, internal());
+        assert_eq!(reply, internal_error());
         assert!(
             cleared.elapsed() < Duration::from_secs(10),
             "writes did not recover within 10 s of the space returning"

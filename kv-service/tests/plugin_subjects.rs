@@ -8,9 +8,10 @@ mod common;
 use std::time::Duration;
 
 use common::process::{Running, ready};
-use common::{Backend, Harness, failure, success};
+use common::{Backend, Harness};
 use serde_json::{Value, json};
 use test_support::NatsServer;
+use test_support::envelope::{absent, failure, success};
 
 async fn plugin_harness() -> Harness {
     Harness::start_with(Backend::Sqlite, |config| config.plugin_subjects = true).await
@@ -142,7 +143,7 @@ async fn field_rules_still_apply_and_bad_subject_tokens_are_refused() {
         (
             "rosey.db.kv.chat.get",
             r#"{"plugin_name":null,"key":"nope"}"#,
-            success(json!({"exists": false})),
+            absent(),
         ),
         (
             "rosey.db.kv.chat.get",

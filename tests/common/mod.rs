@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use test_support::Service;
 pub use test_support::wait_for_instances;
 
@@ -78,23 +78,7 @@ pub async fn request(
     }
 }
 
-pub fn ok() -> Value {
-    json!({"success": true, "data": {}})
-}
-
-pub fn found(value: Value) -> Value {
-    json!({"success": true, "data": {"exists": true, "value": value}})
-}
-
-pub fn absent() -> Value {
-    json!({"success": true, "data": {"exists": false}})
-}
-
-pub fn internal_error() -> Value {
-    json!({"success": false, "error": {"code": "INTERNAL_ERROR", "message": "Internal error"}})
-}
-
-/// A NATS client with a request timeout of `limit` (so `request` reports its own timeouts).
+/// A NATS client whose requests time out after 30 s (so `request` reports its own timeouts).
 pub async fn client(url: &str) -> async_nats::Client {
     async_nats::ConnectOptions::new()
         .request_timeout(Some(Duration::from_secs(30)))

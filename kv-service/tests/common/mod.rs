@@ -57,7 +57,7 @@ impl Reply {
     }
 
     /// The body of `message`, once its headers are checked against it: none on a success; on a
-    /// failure the message, the code and the code's status (`status_of`).
+    /// failure the message, the code and the code's status (`envelope::status_of`).
     pub fn checked(message: &async_nats::Message) -> Value {
         let reply = Reply::from_message(message);
         if reply.body["success"] == true {
@@ -80,7 +80,11 @@ impl Reply {
                     reply.error_code_header.as_deref(),
                     reply.status_header.as_deref()
                 ),
-                (error["message"].as_str(), Some(code), Some(status_of(code))),
+                (
+                    error["message"].as_str(),
+                    Some(code),
+                    Some(test_support::envelope::status_of(code))
+                ),
                 "the error headers of {}",
                 reply.body
             );
@@ -103,34 +107,11 @@ impl Harness {
             Some(server) => server.url(),
             None => format!("sqlite://{}", dir.path().join("kv.db").display()),
         };
-        let mut config = ServeConfig {
-            nats_url: nats.url(),
-            database_url,
-            purge_interval: Duration::from_secs(300),
-            synchronous_full: false,
-            max_in_flight: nats_rpc::DEFAULT_MAX_IN_FLIGHT,
-            request_timeout: None,
-            mirror_mb: kv_service::store::DEFAULT_MIRROR_MB,
-            read_connections: kv_service::store::DEFAULT_READ_CONNECTIONS,
-            statement_timeout_ms: kv_service::store::DEFAULT_STATEMENT_TIMEOUT_MS,
-            clock_offset_ms: 0,
-            worker_threads: 1,
-            credentials: Default::default(),
-            queue_group: nats_rpc::DEFAULT_QUEUE_GROUP.into(),
-            plugin_subjects: false,
-            metrics_addr: None,
-            nats_connect_timeout: std::time::Duration::from_secs(10),
-        };
+        let mut config = ServeConfig::defaults();
+        config.nats_url = nats.url();
+        config.database_url = database_url;
         tweak(&mut config);
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task_config = config.clone();
-        let task = tokio::spawn(async move {
-            kv_service::serve(&task_config, async {
-                let _ = stopped.await;
-            })
-            .await
-            .map_err(|err| err.to_string())
-        });
+        let (stop, task) = spawn_service(config.clone());
         let client = async_nats::connect(nats.url())
             .await
             .expect("test client connects");
@@ -198,16 +179,26 @@ impl Harness {
         }
     }
 
-    /// Sends raw bytes and returns the full reply.
-    pub async fn raw(&self, subject: &str, payload: impl Into<Bytes>) -> Reply {
-        let message = tokio::time::timeout(
+    /// Sends raw bytes and returns the reply message as received, within 10 s.
+    pub async fn request(&self, subject: &str, payload: impl Into<Bytes>) -> async_nats::Message {
+        tokio::time::timeout(
             Duration::from_secs(10),
             self.client.request(subject.to_owned(), payload.into()),
         )
         .await
         .expect("reply within 10 s")
-        .expect("request succeeds");
-        Reply::from_message(&message)
+        .expect("request succeeds")
+    }
+
+    /// Sends raw bytes and returns the full reply.
+    pub async fn raw(&self, subject: &str, payload: impl Into<Bytes>) -> Reply {
+        Reply::from_message(&self.request(subject, payload).await)
+    }
+
+    /// Sends raw bytes and returns the reply payload exactly as received (undecoded), so a test
+    /// can check number text byte for byte.
+    pub async fn raw_payload(&self, subject: &str, payload: impl Into<Bytes>) -> Bytes {
+        self.request(subject, payload).await.payload
     }
 
     /// Sends a JSON body to `rosey.db.kv.<op>` and returns the reply body.
@@ -219,6 +210,22 @@ impl Harness {
 
     /// Stops the service gracefully and returns its result.
     pub async fn stop(mut self) -> Result<(), String> {
+        self.stop_service().await
+    }
+
+    /// Stops the in-process service gracefully (drain, commit, close the database), then serves
+    /// again with the same config: same NATS server, same SQLite file. Returns the first run's
+    /// result.
+    pub async fn restart_service(&mut self) -> Result<(), String> {
+        let first = self.stop_service().await;
+        let (stop, task) = spawn_service(self.config.clone());
+        self.stop = Some(stop);
+        self.task = Some(task);
+        self.wait_ready().await;
+        first
+    }
+
+    async fn stop_service(&mut self) -> Result<(), String> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -235,65 +242,6 @@ impl Drop for Harness {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-    }
-}
-
-/// `{"success": false, "error": {"code": code, "message": message}}`.
-pub fn failure(code: &str, message: &str) -> Value {
-    serde_json::json!({"success": false, "error": {"code": code, "message": message}})
-}
-
-/// The status each code declares, as the `Nats-Service-Error-Code` header carries it.
-pub fn status_of(code: &str) -> &'static str {
-    match code {
-        "INVALID_JSON" | "MISSING_FIELD" | "VALIDATION_ERROR" => "400",
-        "VALUE_TOO_LARGE" => "413",
-        "INTERNAL_ERROR" => "500",
-        "OVERLOADED" => "503",
-        "TIMEOUT" => "504",
-        other => panic!("no status known for {other}"),
-    }
-}
-
-/// `{"success": true, "data": data}`.
-pub fn success(data: Value) -> Value {
-    serde_json::json!({"success": true, "data": data})
-}
-
-// ---- Additions for the contract tests (new functions only; nothing above changed). ----
-
-impl Harness {
-    /// Sends raw bytes and returns the reply payload exactly as received (undecoded), so a test
-    /// can check number text byte for byte.
-    pub async fn raw_payload(&self, subject: &str, payload: impl Into<Bytes>) -> Bytes {
-        tokio::time::timeout(
-            Duration::from_secs(10),
-            self.client.request(subject.to_owned(), payload.into()),
-        )
-        .await
-        .expect("reply within 10 s")
-        .expect("request succeeds")
-        .payload
-    }
-
-    /// Stops the in-process service gracefully (drain, commit, close the database), then serves
-    /// again with the same config: same NATS server, same SQLite file. Returns the first run's
-    /// result.
-    pub async fn restart_service(&mut self) -> Result<(), String> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let first = self
-            .task
-            .take()
-            .expect("running")
-            .await
-            .expect("serve task");
-        let (stop, task) = spawn_service(self.config.clone());
-        self.stop = Some(stop);
-        self.task = Some(task);
-        self.wait_ready().await;
-        first
     }
 }
 

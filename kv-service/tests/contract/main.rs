@@ -7,7 +7,7 @@
 //! `envelope.rs` (the headers of a reply); the helpers they share are here.
 //!
 //! Every test starts its own nats-server and its own service on a fresh database, and asserts
-//! whole reply envelopes (`common::success` / `common::failure`); error replies are also checked
+//! whole reply envelopes (`test_support::envelope`); error replies are also checked
 //! for the `Nats-Service-Error` (message), `Nats-Service-Error-Code` (status) and
 //! `Rpc-Error-Code` (code) headers.
 
@@ -24,10 +24,11 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use common::{Backend, Harness, failure, status_of, success};
+use common::{Backend, Harness, Reply};
 use futures_util::StreamExt;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
+use test_support::envelope::{absent, deleted, failure, found, status_of, success};
 
 fn subject(op: &str) -> String {
     format!("rosey.db.kv.{op}")
@@ -69,27 +70,14 @@ async fn list(kv: &Harness, request: Value) -> Value {
     kv.call("list", request).await
 }
 
-/// `{"success": true, "data": {"exists": true, "value": value}}`.
-fn found(value: Value) -> Value {
-    success(json!({"exists": true, "value": value}))
-}
-
-/// `{"success": true, "data": {"exists": false}}`.
-fn absent() -> Value {
-    success(json!({"exists": false}))
-}
-
-fn deleted(yes: bool) -> Value {
-    success(json!({"deleted": yes}))
-}
-
 /// The exact list reply for `keys`.
 fn listing<S: AsRef<str>>(keys: &[S], truncated: bool) -> Value {
     let keys: Vec<&str> = keys.iter().map(AsRef::as_ref).collect();
     success(json!({"keys": keys, "count": keys.len(), "truncated": truncated}))
 }
 
-/// Sends `payload` to `op` and asserts the whole failure envelope plus both error headers.
+/// Sends `payload` to `op` and asserts the whole failure envelope and the error headers
+/// (`Reply::checked`: the message, the code and the code's status).
 async fn expect_failure(
     kv: &Harness,
     op: &str,
@@ -99,23 +87,8 @@ async fn expect_failure(
 ) {
     let payload: Bytes = payload.into();
     let shown = String::from_utf8_lossy(&payload[..payload.len().min(120)]).into_owned();
-    let reply = kv.raw(&subject(op), payload).await;
-    assert_eq!(reply.body, failure(code, message), "{op} {shown}");
-    assert_eq!(
-        reply.error_header.as_deref(),
-        Some(message),
-        "Nats-Service-Error header for {op} {shown}"
-    );
-    assert_eq!(
-        reply.error_code_header.as_deref(),
-        Some(code),
-        "Rpc-Error-Code header for {op} {shown}"
-    );
-    assert_eq!(
-        reply.status_header.as_deref(),
-        Some(status_of(code)),
-        "Nats-Service-Error-Code header (the status) for {op} {shown}"
-    );
+    let reply = Reply::checked(&kv.request(&subject(op), payload).await);
+    assert_eq!(reply, failure(code, message), "{op} {shown}");
 }
 
 /// Same, with a JSON body.

@@ -8,7 +8,7 @@
 //! - [`Service`]: the kv-service binary as a child process, its log collected.
 //! - [`load`]: the closed-loop driver and the bare responder (the floor) the benches measure
 //!   against; [`env_or`] reads the benches' knobs.
-//! - [`call`]: one kv request, its reply as JSON.
+//! - [`call`]: one kv request, its reply as JSON; [`envelope`]: the replies tests expect.
 //!
 //! Which harness to use when:
 //! - `kv-service/tests/common` (`Harness`): kv-service in-process on a fresh store of either
@@ -23,6 +23,7 @@ mod nats;
 mod postgres;
 mod process;
 
+pub mod envelope;
 pub mod load;
 
 pub use nats::{NatsServer, wait_for_instances, wait_for_service};

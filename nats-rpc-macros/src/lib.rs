@@ -22,13 +22,20 @@ pub fn nats_rpc(attr: TokenStream, item: TokenStream) -> TokenStream {
     let item = proc_macro2::TokenStream::from(item);
     let func: syn::ItemFn = match syn::parse2(item.clone()) {
         Ok(func) => func,
-        Err(err) => {
-            let mut err = err;
-            err.combine(syn::Error::new(
-                proc_macro2::Span::call_site(),
-                "`#[nats_rpc]` goes on an `async fn` handler",
-            ));
-            return fallback::render(item, None, err).into();
+        Err(not_fn) => {
+            // The arguments' own mistakes are reported too, so fixing the item finds no more.
+            let (args, mut errors) = args::Args::parse(attr.into());
+            valid::arguments(&args, &mut errors);
+            valid::fold(&mut errors, not_fn);
+            valid::fold(
+                &mut errors,
+                syn::Error::new(
+                    proc_macro2::Span::call_site(),
+                    "`#[nats_rpc]` goes on an `async fn` handler",
+                ),
+            );
+            let errors = errors.expect("the item's error is there");
+            return fallback::render(item, None, errors).into();
         }
     };
     let (args, args_error) = args::Args::parse(attr.into());

@@ -5,6 +5,7 @@
 use syn::spanned::Spanned;
 use syn::{FnArg, GenericArgument, LitStr, PathArguments, ReturnType, Signature, Type};
 
+use crate::args::Args;
 use crate::ast::{Handler, Third};
 
 const SHAPE: &str = "`async fn name(state: &State, request: Request) -> Result<Response, Error>`";
@@ -23,15 +24,27 @@ pub fn check(handler: &Handler<'_>, args_error: Option<syn::Error>) -> syn::Resu
     check(is_async(sig));
     check(plain_fn(sig));
     check(not_generic(sig));
-    if let Some(lit) = &handler.args.subject {
-        check(subject(lit));
-    }
-    if let Some(name) = &handler.args.name {
-        check(endpoint_name(name));
-    }
+    arguments(&handler.args, &mut errors);
+    let mut check = |result: syn::Result<()>| {
+        if let Err(err) = result {
+            fold(&mut errors, err);
+        }
+    };
     check(params(sig, handler.swapped()));
     check(output(sig, handler.result));
     errors.map_or(Ok(()), Err)
+}
+
+/// Checks the `subject` and `name` the attribute gives (where it gives them) against their
+/// rules, adding each mistake to `errors`: on a fn, and on an item that is not one.
+pub fn arguments(args: &Args, errors: &mut Option<syn::Error>) {
+    let found = [
+        args.subject.as_ref().map(subject),
+        args.name.as_ref().map(endpoint_name),
+    ];
+    for err in found.into_iter().flatten().filter_map(Result::err) {
+        fold(errors, err);
+    }
 }
 
 /// Adds `err` to the errors collected so far, so the user sees every mistake in one build.

@@ -131,6 +131,9 @@ fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// How often `kv-service copy` prints its progress, at most.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// `kv-service copy`: a progress line at most once a second, and one line at the end.
 async fn copy(
     from: &str,
@@ -140,7 +143,7 @@ async fn copy(
     let started = std::time::Instant::now();
     let mut shown = started;
     let copied = kv_service::copy(from, to, statement_timeout, |copied| {
-        if shown.elapsed() >= std::time::Duration::from_secs(1) {
+        if shown.elapsed() >= PROGRESS_EVERY {
             shown = std::time::Instant::now();
             print_line(format_args!("copied {copied} keys so far"));
         }

@@ -58,12 +58,16 @@ struct Scan {
     blanks: bool,
 }
 
+/// Bytes counted per chunk by [`Scan::of`]'s byte-wide counters: fewer than 256, so a counter
+/// cannot overflow.
+const SCAN_CHUNK: usize = 128;
+
 impl Scan {
     fn of(bytes: &[u8]) -> Scan {
         // Byte-wide counters per chunk: what lets the loop run 32 bytes to an instruction.
         let mut brackets = 0;
         let mut blanks = 0;
-        for chunk in bytes.chunks(128) {
+        for chunk in bytes.chunks(SCAN_CHUNK) {
             let (mut opened, mut low) = (0_u8, 0_u8);
             for &byte in chunk {
                 opened += u8::from(byte == b'[' || byte == b'{');

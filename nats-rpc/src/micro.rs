@@ -187,7 +187,7 @@ pub(crate) async fn spawn(
     stats: Vec<Arc<EndpointStats>>,
     asyncapi: bytes::Bytes,
 ) -> Result<JoinHandle<()>, async_nats::SubscribeError> {
-    let mut subscribers = Vec::with_capacity(11);
+    let mut subscribers = Vec::with_capacity(VERBS.len() * 3 + 2);
     for verb in VERBS {
         for subject in [
             format!("$SRV.{verb}"),

@@ -1,6 +1,6 @@
 //! Schema export: the request, success-reply and error-reply JSON Schemas of an endpoint, as
 //! clients read them (files, `$SRV.INFO`, the AsyncAPI document). The request schema is the one
-//! [`crate::RequestValidator`] validates against, rendered the same way.
+//! [`crate::validate::RequestValidator`] validates against, rendered the same way.
 
 use schemars::generate::SchemaSettings;
 use schemars::transform::RecursiveTransform;

@@ -288,6 +288,9 @@ struct Link {
     down: Option<Arc<StoreError>>,
 }
 
+/// How long after the server's `statement_timeout` its error may take to arrive.
+const ERROR_GRACE: Duration = Duration::from_secs(1);
+
 impl Link {
     fn connected(connector: Connector, conn: PgConnection) -> Link {
         Link {
@@ -301,9 +304,9 @@ impl Link {
     }
 
     /// The longest a statement may take from the client's side: the server's
-    /// `statement_timeout` plus a second for its error to arrive.
+    /// `statement_timeout` plus [`ERROR_GRACE`] for its error to arrive.
     fn grace(&self) -> Duration {
-        self.connector.timeout + Duration::from_secs(1)
+        self.connector.timeout + ERROR_GRACE
     }
 
     async fn conn(&mut self) -> Result<&mut PgConnection, StoreError> {

@@ -275,10 +275,14 @@ fn borrow(handle: &mut LockedSqliteHandle<'_>) -> rusqlite::Result<Connection> {
     unsafe { Connection::from_handle(handle.as_raw_handle().as_ptr()) }
 }
 
+/// The write connection's statements besides the upserts (one per batch size): BEGIN, COMMIT,
+/// delete, purge, probe, import, with room to spare.
+const OTHER_STATEMENTS: usize = 8;
+
 /// Settings of the write connection ours alone: every statement of every batch size stays
 /// prepared, and commits in place do not wait for locks (see [`BUSY_TIMEOUT`]).
 fn prepare(db: Connection) -> rusqlite::Result<Connection> {
-    db.set_prepared_statement_cache_capacity(MAX_BATCH + 8);
+    db.set_prepared_statement_cache_capacity(MAX_BATCH + OTHER_STATEMENTS);
     db.busy_timeout(Duration::ZERO)?;
     Ok(db)
 }
@@ -426,7 +430,7 @@ impl Session<'_> {
         // SQLite copies each argument as it is bound: one buffer serves every row's id.
         let mut id = Vec::new();
         for (row, (key, plugin, _, value, ttl_seconds)) in rows.into_iter().enumerate() {
-            let parameter = 1 + row * 5;
+            let parameter = 1 + row * UPSERT_COLUMNS;
             super::write_id(&mut id, plugin, key);
             statement.raw_bind_parameter(parameter, id.as_slice())?;
             statement.raw_bind_parameter(parameter + 1, value.get())?;
@@ -556,6 +560,9 @@ fn expires_at(now: i64, ttl_seconds: Option<u32>) -> Option<i64> {
     ttl_seconds.map(|ttl| now + i64::from(ttl) * 1000)
 }
 
+/// The values each row of the upsert binds: id, value, expires_at, created_at, updated_at.
+const UPSERT_COLUMNS: usize = 5;
+
 /// The upsert, for `rows` rows. `created_at` survives an update unless the old row had expired
 /// (then the key is new again).
 fn upsert_sql(rows: usize) -> String {
@@ -565,7 +572,11 @@ fn upsert_sql(rows: usize) -> String {
         if index > 0 {
             sql.push(',');
         }
-        sql.push_str("(?,?,?,?,?)");
+        sql.push('(');
+        for column in 0..UPSERT_COLUMNS {
+            sql.push_str(if column == 0 { "?" } else { ",?" });
+        }
+        sql.push(')');
     }
     sql.push_str(
         " ON CONFLICT (id) DO UPDATE SET \

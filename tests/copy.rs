@@ -57,7 +57,7 @@ async fn sqlite_rows(url: &str) -> Vec<(String, Option<i64>, i64, i64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_moves_every_live_key_from_sqlite_to_postgres_and_back() {
     let dir = tempfile::tempdir().unwrap();
-    let sqlite = format!("sqlite://{}", dir.path().join("kv.db").display());
+    let sqlite = test_support::sqlite_url(&dir.path().join("kv.db"));
     let nats = NatsServer::start();
     let mut service = instance(&nats.url(), &sqlite, &[]);
     let kv = client(&nats.url()).await;
@@ -170,7 +170,7 @@ async fn copy_moves_every_live_key_from_sqlite_to_postgres_and_back() {
     check_every_key(&kv).await;
 
     // And back, into a new SQLite file, while PostgreSQL is still served.
-    let back = format!("sqlite://{}", dir.path().join("back.db").display());
+    let back = test_support::sqlite_url(&dir.path().join("back.db"));
     let (stdout, _) = copy(&postgres.url_of("kv"), &back);
     assert!(stdout.contains("copied 2500 live keys"), "{stdout}");
     let nats = NatsServer::start();
@@ -207,9 +207,9 @@ fn copy_refuses_a_source_file_that_does_not_exist() {
         .args([
             "copy",
             "--from",
-            &format!("sqlite://{}", missing.display()),
+            &test_support::sqlite_url(&missing),
             "--to",
-            &format!("sqlite://{}", dir.path().join("target.db").display()),
+            &test_support::sqlite_url(&dir.path().join("target.db")),
         ])
         .output()
         .unwrap();
@@ -229,7 +229,7 @@ fn copy_refuses_a_source_file_that_does_not_exist() {
 #[test]
 fn copy_refuses_one_store_onto_itself() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("kv.db").display());
+    let url = test_support::sqlite_url(&dir.path().join("kv.db"));
     // An empty file is an empty SQLite database: a source that exists.
     std::fs::File::create(dir.path().join("kv.db")).unwrap();
     let output = Command::new(BIN)

@@ -17,7 +17,7 @@ use test_support::envelope::{found, ok};
 use test_support::{Postgres, Service};
 
 fn sqlite_url(dir: &tempfile::TempDir, file: &str) -> String {
-    format!("sqlite://{}", dir.path().join(file).display())
+    test_support::sqlite_url(&dir.path().join(file))
 }
 
 /// Runs `service` to its end in a blocking thread: its exit status and log.

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use common::process::{BIN, Running, ready};
 use serde_json::{Value, json};
 use test_support::call;
+use test_support::envelope;
 use test_support::{NatsServer, free_port};
 
 /// NATS refusing at start: retried with backoff (each failure logged) for
@@ -94,7 +95,7 @@ fn sigterm_while_waiting_for_nats_stops_cleanly() {
 #[test]
 fn options_go_after_the_subcommand_and_bad_ones_fail_before_any_side_effect() {
     let dir = tempfile::tempdir().unwrap();
-    let database = format!("sqlite://{}", dir.path().join("kv.db").display());
+    let database = test_support::sqlite_url(&dir.path().join("kv.db"));
     for args in [
         vec!["serve", "--max-in-flight", "0"],
         vec!["--max-in-flight", "0", "serve"],
@@ -162,7 +163,7 @@ fn options_go_after_the_subcommand_and_bad_ones_fail_before_any_side_effect() {
 async fn serve_takes_its_options_and_says_what_stopped_it() {
     let nats = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let database = format!("sqlite://{}", dir.path().join("kv.db").display());
+    let database = test_support::sqlite_url(&dir.path().join("kv.db"));
     let url = nats.url();
     let mut service = test_support::Service::spawn(
         BIN,
@@ -239,7 +240,7 @@ async fn sigterm_answers_requests_in_flight_and_exits_zero() {
     for request in pending {
         let reply = request.await.unwrap();
         assert!(
-            reply == json!({"success": true, "data": {}}) || reply["error"]["code"] == "OVERLOADED",
+            reply == envelope::ok() || reply["error"]["code"] == "OVERLOADED",
             "{reply}"
         );
         answered += 1;
@@ -280,7 +281,7 @@ async fn keeps_serving_across_a_nats_restart() {
             json!({"plugin_name": "p", "key": "before", "value": 1})
         )
         .await,
-        json!({"success": true, "data": {}})
+        envelope::ok()
     );
     nats.restart();
     let restarted = Instant::now();
@@ -305,7 +306,7 @@ async fn keeps_serving_across_a_nats_restart() {
     );
     assert_eq!(
         answered.expect("kv-service answers within 5 s of the server's return"),
-        json!({"success": true, "data": {"exists": true, "value": 1}}),
+        envelope::found(json!(1)),
         "the write acknowledged before the restart is still there"
     );
 }

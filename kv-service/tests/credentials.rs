@@ -10,6 +10,7 @@ use common::process::{Running, ready};
 use serde_json::json;
 use test_support::NatsServer;
 use test_support::call;
+use test_support::envelope;
 
 /// Starts nats-server with `authorization { … }` and returns it with its config folder.
 fn server_requiring(authorization: &str) -> (NatsServer, tempfile::TempDir) {
@@ -39,11 +40,11 @@ async fn serves_with(
             json!({"plugin_name": "p", "key": "k", "value": "v"})
         )
         .await,
-        json!({"success": true, "data": {}})
+        envelope::ok()
     );
     assert_eq!(
         call(&client, "get", json!({"plugin_name": "p", "key": "k"})).await,
-        json!({"success": true, "data": {"exists": true, "value": "v"}})
+        envelope::found(json!("v"))
     );
     service.signal("-TERM");
     let (status, log) = tokio::task::spawn_blocking(move || service.wait(Duration::from_secs(10)))

@@ -16,7 +16,7 @@ use common::process::{Running, ready};
 use serde_json::{Value, json};
 use test_support::NatsServer;
 use test_support::call;
-use test_support::envelope::{internal_error, ok};
+use test_support::envelope::{self, internal_error, ok};
 
 /// A tmpfs of `size` mounted on a fresh folder, unmounted when dropped.
 struct Tmpfs {
@@ -148,7 +148,7 @@ async fn a_full_disk_answers_internal_error_and_recovers_when_space_returns() {
             json!({"plugin_name": "disk", "key": "before"})
         )
         .await,
-        json!({"success": true, "data": {"exists": true, "value": "kept"}})
+        envelope::found(json!("kept"))
     );
 
     std::fs::remove_file(&filler).unwrap();
@@ -244,7 +244,7 @@ async fn a_read_only_database_directory_stops_start_with_a_clear_error_until_it_
                     json!({"plugin_name": "disk", "key": format!("kept-{earlier}")})
                 )
                 .await,
-                json!({"success": true, "data": {"exists": true, "value": "across the fault"}})
+                envelope::found(json!("across the fault"))
             );
         }
         assert_eq!(set(&client, "new", "write").await, ok());

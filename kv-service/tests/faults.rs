@@ -11,6 +11,7 @@ use common::{Locker, Reply};
 use serde_json::{Value, json};
 use test_support::NatsServer;
 use test_support::call;
+use test_support::envelope;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_16_writers_loses_no_acknowledged_set() {
@@ -38,7 +39,7 @@ async fn kill_9_under_16_writers_loses_no_acknowledged_set() {
                 .await;
                 if let Ok(Ok(reply)) = reply {
                     let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
-                    if reply == json!({"success": true, "data": {}}) {
+                    if reply == envelope::ok() {
                         acknowledged.lock().unwrap().push((key, n));
                     }
                 }
@@ -113,7 +114,7 @@ async fn a_burst_of_5000_in_flight_gets_a_reply_for_every_request() {
     let (mut ok, mut overloaded, mut other) = (0, 0, Vec::new());
     for request in requests {
         let reply = request.await.unwrap();
-        if reply == json!({"success": true, "data": {}}) {
+        if reply == envelope::ok() {
             ok += 1;
         } else if reply["error"]["code"] == "OVERLOADED" {
             assert_eq!(
@@ -166,16 +167,13 @@ async fn a_locked_database_answers_internal_error_and_recovers_when_released() {
             .await
         }
     };
-    assert_eq!(set("before").await, json!({"success": true, "data": {}}));
+    assert_eq!(set("before").await, envelope::ok());
 
     // Another process takes the write lock and keeps it.
     let path = service.dir.path().join("kv.db");
     let locker = Locker::lock(&path).await;
     let started = Instant::now();
-    assert_eq!(
-        set("during").await,
-        json!({"success": false, "error": {"code": "INTERNAL_ERROR", "message": "Internal error"}})
-    );
+    assert_eq!(set("during").await, envelope::internal_error());
     println!(
         "locked write answered INTERNAL_ERROR after {:?}",
         started.elapsed()
@@ -183,18 +181,18 @@ async fn a_locked_database_answers_internal_error_and_recovers_when_released() {
     // Reads keep working, and the failed write left no trace.
     assert_eq!(
         call(&client, "get", json!({"plugin_name": "p", "key": "before"})).await,
-        json!({"success": true, "data": {"exists": true, "value": "before"}})
+        envelope::found(json!("before"))
     );
     assert_eq!(
         call(&client, "get", json!({"plugin_name": "p", "key": "during"})).await,
-        json!({"success": true, "data": {"exists": false}})
+        envelope::absent()
     );
 
     locker.release().await;
-    assert_eq!(set("after").await, json!({"success": true, "data": {}}));
+    assert_eq!(set("after").await, envelope::ok());
     assert_eq!(
         call(&client, "list", json!({"plugin_name": "p"})).await,
-        json!({"success": true, "data": {"keys": ["after", "before"], "count": 2, "truncated": false}})
+        envelope::success(json!({"keys": ["after", "before"], "count": 2, "truncated": false}))
     );
 }
 
@@ -221,9 +219,10 @@ async fn timed_set(
 }
 
 fn timeout_reply(ms: u64) -> Value {
-    json!({"success": false, "error": {"code": "TIMEOUT", "message": format!(
-        "Request deadline of {ms} ms passed before it was handled; nothing was done"
-    )}})
+    envelope::failure(
+        "TIMEOUT",
+        &format!("Request deadline of {ms} ms passed before it was handled; nothing was done"),
+    )
 }
 
 /// Writes queued behind a stuck commit: one whose deadline passes while it waits is never
@@ -267,7 +266,7 @@ async fn a_write_not_committed_by_its_deadline_is_dropped_and_a_committed_one_is
     for key in ["queued", "defaulted"] {
         assert_eq!(
             call(&client, "get", json!({"plugin_name": "p", "key": key})).await,
-            json!({"success": true, "data": {"exists": false}}),
+            envelope::absent(),
             "{key}: nothing was done"
         );
     }
@@ -282,11 +281,11 @@ async fn a_write_not_committed_by_its_deadline_is_dropped_and_a_committed_one_is
     locker.release().await;
     let (reply, took) = late.await.unwrap();
     println!("committed after its 300 ms deadline: {reply} after {took:?}");
-    assert_eq!(reply, json!({"success": true, "data": {}}));
+    assert_eq!(reply, envelope::ok());
     assert!(took > Duration::from_millis(300), "{took:?}");
     assert_eq!(
         call(&client, "get", json!({"plugin_name": "p", "key": "late"})).await,
-        json!({"success": true, "data": {"exists": true, "value": "late"}})
+        envelope::found(json!("late"))
     );
 
     // STATS count them as errors.

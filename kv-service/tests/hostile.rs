@@ -10,6 +10,7 @@ use common::{Backend, Harness};
 use futures_util::StreamExt;
 use proptest::prelude::*;
 use serde_json::{Value, json};
+use test_support::envelope;
 
 /// The contract's subjects and the per-plugin ones (served with `plugin_subjects`), including a
 /// plugin token that is not a valid plugin name.
@@ -96,7 +97,7 @@ async fn exactly_one_valid_reply_each(kv: &Harness, payloads: &[Vec<u8>], linger
             json!({"plugin_name": "p", "key": "alive", "value": 1})
         )
         .await,
-        json!({"success": true, "data": {}})
+        envelope::ok()
     );
 }
 

@@ -13,6 +13,7 @@ use common::process::{Running, ready};
 use serde_json::{Value, json};
 use test_support::NatsServer;
 use test_support::call;
+use test_support::envelope;
 
 /// One sample of the exposition text: name, labels, value.
 #[derive(Debug)]
@@ -344,7 +345,7 @@ async fn a_failed_purge_is_logged_and_retried_and_never_stops_the_service() {
     // Still serving: reads answer while the lock is held.
     assert_eq!(
         call(&client, "get", json!({"plugin_name": "p", "key": "kept"})).await,
-        json!({"success": true, "data": {"exists": true, "value": 1}})
+        envelope::found(json!(1))
     );
 
     locker.release().await;
@@ -370,7 +371,7 @@ async fn a_failed_purge_is_logged_and_retried_and_never_stops_the_service() {
     assert_eq!(set("after", None).await["success"], true);
     assert_eq!(
         call(&client, "list", json!({"plugin_name": "p"})).await,
-        json!({"success": true, "data": {"keys": ["after", "kept"], "count": 2, "truncated": false}})
+        envelope::success(json!({"keys": ["after", "kept"], "count": 2, "truncated": false}))
     );
     drop(service);
 }

@@ -40,7 +40,7 @@ impl Fixture {
         let postgres = matches!(kind, Kind::Postgres).then(Postgres::start);
         let url = match &postgres {
             Some(server) => server.url(),
-            None => format!("sqlite://{}", dir.path().join("kv.db").display()),
+            None => test_support::sqlite_url(&dir.path().join("kv.db")),
         };
         let mut options = StoreOptions::new(url.clone());
         if matches!(kind, Kind::File) {

@@ -16,6 +16,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use test_support::NatsServer;
+use test_support::envelope::failure;
 
 #[derive(Default)]
 struct State {
@@ -187,10 +188,6 @@ impl Fixture {
     async fn json(&self, subject: &str, payload: &[u8]) -> Value {
         serde_json::from_slice(&self.raw(subject, payload).await.payload).expect("JSON reply")
     }
-}
-
-fn failure(code: &str, message: &str) -> Value {
-    json!({"success": false, "error": {"code": code, "message": message}})
 }
 
 #[tokio::test]

@@ -105,7 +105,7 @@ impl Harness {
         let postgres = (backend == Backend::Postgres).then(Postgres::start);
         let database_url = match &postgres {
             Some(server) => server.url(),
-            None => format!("sqlite://{}", dir.path().join("kv.db").display()),
+            None => test_support::sqlite_url(&dir.path().join("kv.db")),
         };
         let mut config = ServeConfig::defaults();
         config.nats_url = nats.url();

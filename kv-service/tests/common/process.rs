@@ -53,7 +53,7 @@ impl DerefMut for Running {
 }
 
 pub fn database_url(dir: &Path) -> String {
-    format!("sqlite://{}", dir.join("kv.db").display())
+    test_support::sqlite_url(&dir.join("kv.db"))
 }
 
 pub async fn ready(client: &async_nats::Client) {

@@ -1,4 +1,4 @@
-//! The reply envelopes kv-service's tests expect, built once: `{"success": true, "data": ...}`
+//! The reply envelopes the tests expect, built once: `{"success": true, "data": ...}`
 //! or `{"success": false, "error": {"code", "message"}}`, and the status each error code
 //! declares (what the `Nats-Service-Error-Code` header carries).
 

@@ -43,6 +43,11 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The `sqlite://` URL of the database file at `path`.
+pub fn sqlite_url(path: &std::path::Path) -> String {
+    format!("sqlite://{}", path.display())
+}
+
 /// The environment variable `name` parsed, else `default`: the benches' knobs.
 pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)

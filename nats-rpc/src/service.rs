@@ -206,7 +206,7 @@ impl Service {
 
     /// Graceful drain: stop taking new requests (unsubscribe), answer the ones already received
     /// (buffered or in flight), then stop. Returns `Err` if in-flight requests were still running
-    /// after the drain timeout. On `Ok`, the service holds the state no more: the caller's
+    /// after the drain timeout: they run on, but nothing takes a request any more. On `Ok`, the service holds the state no more: the caller's
     /// `Arc` is the last one unless it shared it elsewhere.
     pub async fn shutdown(self) -> Result<(), DrainTimeout> {
         // A round trip to the server first: everything it routed to us before this point is
@@ -218,15 +218,24 @@ impl Service {
         if connected && !flush_within(&self.client, FLUSH_TIMEOUT).await {
             tracing::warn!("cannot flush before draining");
         }
-        let _ = self.shutdown.send(true);
-        let mut readers = self.readers;
-        let drained = drain(&mut readers, &self.permits, self.max_in_flight, connected);
-        let outcome = tokio::time::timeout(self.drain_timeout, drained).await;
-        self.micro.abort();
+        let started = Started {
+            client: &self.client,
+            shutdown: &self.shutdown,
+            permits: &self.permits,
+            max_in_flight: self.max_in_flight,
+            drain_timeout: self.drain_timeout,
+        };
+        let drained = started
+            .stop(self.readers, Some(self.micro), connected)
+            .await;
         if connected {
             flush_within(&self.client, FLUSH_TIMEOUT).await;
         }
-        outcome.map_err(|_| DrainTimeout(self.drain_timeout))
+        if drained {
+            Ok(())
+        } else {
+            Err(DrainTimeout(self.drain_timeout))
+        }
     }
 }
 
@@ -255,7 +264,8 @@ async fn drain(
         .await;
 }
 
-/// What a `serve` that fails part-way has started, to be undone.
+/// What `serve` has started, to be stopped: by [`Service::shutdown`], or by a `serve` that
+/// fails part-way.
 struct Started<'a> {
     client: &'a async_nats::Client,
     shutdown: &'a watch::Sender<bool>,
@@ -265,28 +275,40 @@ struct Started<'a> {
 }
 
 impl Started<'_> {
-    /// Undoes the start: the micro task is aborted, and the readers stop taking requests,
-    /// answer what they had received and are awaited with the requests they spawned, within
-    /// the drain timeout (as [`Service::shutdown`] does; readers still running after it are
-    /// aborted). So when `serve` returns its error nothing answers for the service any more
-    /// and the caller's state is free again, unless a request outlived the drain timeout.
-    async fn abandon(&self, mut readers: Vec<JoinHandle<()>>, micro: Option<JoinHandle<()>>) {
+    /// The readers stop taking requests, answer what they had received and are awaited with
+    /// the requests they spawned, within the drain timeout; readers still running after it
+    /// are aborted, so none takes a request later; then the micro task is aborted. Whether
+    /// everything was answered in time.
+    async fn stop(
+        &self,
+        mut readers: Vec<JoinHandle<()>>,
+        micro: Option<JoinHandle<()>>,
+        connected: bool,
+    ) -> bool {
         let _ = self.shutdown.send(true);
+        let drained = drain(&mut readers, self.permits, self.max_in_flight, connected);
+        let drained = tokio::time::timeout(self.drain_timeout, drained)
+            .await
+            .is_ok();
+        // Empty when drained: a reader leaves the list once it has finished.
+        for reader in readers {
+            reader.abort();
+            let _ = reader.await;
+        }
         if let Some(micro) = micro {
             micro.abort();
             let _ = micro.await;
         }
+        drained
+    }
+
+    /// Undoes a start that failed part-way, as [`Service::shutdown`] does, so when `serve`
+    /// returns its error nothing answers for the service any more and the caller's state is
+    /// free again, unless a request outlived the drain timeout.
+    async fn abandon(&self, readers: Vec<JoinHandle<()>>, micro: Option<JoinHandle<()>>) {
         let connected = self.client.connection_state() == async_nats::connection::State::Connected;
-        let drained = drain(&mut readers, self.permits, self.max_in_flight, connected);
-        if tokio::time::timeout(self.drain_timeout, drained)
-            .await
-            .is_err()
-        {
+        if !self.stop(readers, micro, connected).await {
             tracing::warn!("serve failed and requests were still running after the drain timeout");
-            for reader in readers {
-                reader.abort();
-                let _ = reader.await;
-            }
         }
     }
 }

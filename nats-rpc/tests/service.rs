@@ -605,6 +605,37 @@ async fn shutdown_answers_every_request_in_flight_then_stops() {
     );
 }
 
+/// A request that outlives the drain timeout: shutdown returns `DrainTimeout` when the timeout
+/// passes, not when the request ends, and the service takes no request after it.
+#[tokio::test]
+async fn shutdown_past_the_drain_timeout_says_so_and_stops_serving() {
+    let mut f =
+        Fixture::start_with(|builder| builder.drain_timeout(Duration::from_millis(200))).await;
+    let _stuck = f.spawn_request("test.slow", r#"{"millis":3000}"#);
+    while f.state.started.load(Ordering::SeqCst) < 1 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let started = Instant::now();
+    let outcome = f.service.take().unwrap().shutdown().await;
+    assert_eq!(
+        outcome,
+        Err(nats_rpc::DrainTimeout(Duration::from_millis(200)))
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "waited for the request: {:?}",
+        started.elapsed()
+    );
+    let after = f
+        .nats
+        .request("test.echo", Bytes::from_static(br#"{"text":"late"}"#))
+        .await;
+    assert_eq!(
+        after.expect_err("nobody serves after shutdown").kind(),
+        async_nats::client::RequestErrorKind::NoResponders
+    );
+}
+
 #[tokio::test]
 async fn handlers_on_wildcard_subjects_see_what_the_wildcards_matched() {
     let f = Fixture::start().await;

@@ -25,7 +25,7 @@ pub fn nats_rpc(attr: TokenStream, item: TokenStream) -> TokenStream {
         Err(not_fn) => {
             // The arguments' own mistakes are reported too, so fixing the item finds no more.
             let (args, mut errors) = args::Args::parse(attr.into());
-            valid::arguments(&args, &mut errors);
+            valid::arguments(&args).for_each(|err| valid::fold(&mut errors, err));
             valid::fold(&mut errors, not_fn);
             valid::fold(
                 &mut errors,

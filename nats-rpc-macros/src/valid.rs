@@ -24,27 +24,22 @@ pub fn check(handler: &Handler<'_>, args_error: Option<syn::Error>) -> syn::Resu
     check(is_async(sig));
     check(plain_fn(sig));
     check(not_generic(sig));
-    arguments(&handler.args, &mut errors);
-    let mut check = |result: syn::Result<()>| {
-        if let Err(err) = result {
-            fold(&mut errors, err);
-        }
-    };
+    arguments(&handler.args).for_each(|err| check(Err(err)));
     check(params(sig, handler.swapped()));
     check(output(sig, handler.result));
     errors.map_or(Ok(()), Err)
 }
 
-/// Checks the `subject` and `name` the attribute gives (where it gives them) against their
-/// rules, adding each mistake to `errors`: on a fn, and on an item that is not one.
-pub fn arguments(args: &Args, errors: &mut Option<syn::Error>) {
-    let found = [
+/// The mistakes of the `subject` and `name` the attribute gives (where it gives them), against
+/// their rules: on a fn, and on an item that is not one.
+pub fn arguments(args: &Args) -> impl Iterator<Item = syn::Error> {
+    [
         args.subject.as_ref().map(subject),
         args.name.as_ref().map(endpoint_name),
-    ];
-    for err in found.into_iter().flatten().filter_map(Result::err) {
-        fold(errors, err);
-    }
+    ]
+    .into_iter()
+    .flatten()
+    .filter_map(Result::err)
 }
 
 /// Adds `err` to the errors collected so far, so the user sees every mistake in one build.

@@ -10,7 +10,8 @@
 //! values; a few tens of microseconds) right where the writer task runs, without waiting for
 //! a lock, because handing it to a thread and back (two wake-ups) cost about as much as the
 //! commit itself, and group commit waits on exactly that (README, benchmarks). Everything that
-//! could hold the runtime up goes to the thread: large batches, purges, imports, every commit with `--synchronous-full` (an fsync each), and a batch that found the
+//! could hold the runtime up goes to the thread: large batches, purges, imports, every commit
+//! with `--synchronous-full` (an fsync each), and a batch that found the
 //! database locked by another connection (another process, or the background checkpoint
 //! restarting the log: the thread waits for the lock, up to the busy timeout).
 //! Either way the mirror is updated before anyone hears of the commit, so a read sees exactly
